@@ -1,0 +1,44 @@
+"""Settings, read from the environment (prefix ``NEXTBEST_``) or passed in by tests and the CLI."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of a nextbest process. Environment variables: ``NEXTBEST_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="NEXTBEST_", extra="ignore")
+
+    database_url: str = Field(
+        default="sqlite:///./nextbest.db",
+        description="SQLAlchemy URL: sqlite:///path.db or postgresql+psycopg://user@host/db",
+    )
+    bootstrap_admin_key: str | None = Field(
+        default=None, description="When set, an admin key with this value exists after start-up"
+    )
+    half_life_days: float = Field(
+        default=90.0, gt=0, description="Half-life of evidence: older results weigh less"
+    )
+    min_exploration: float = Field(
+        default=0.05,
+        ge=0,
+        lt=1,
+        description="Share of decisions chosen uniformly among eligible experiences",
+    )
+    posterior_draws: int = Field(
+        default=2000, ge=100, le=100_000, description="Joint posterior draws per decision"
+    )
+    stats_refresh_seconds: float = Field(
+        default=2.0, ge=0, description="Longest a worker serves statistics without re-reading"
+    )
+    max_body_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above)"
+    )
+    max_batch_rows: int = Field(
+        default=10_000, ge=1, description="Largest POST /v1/events:batch accepted (413 above)"
+    )
+    seed: int | None = Field(
+        default=None, description="Seed of the decision sampler (reproducible runs and tests)"
+    )

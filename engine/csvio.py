@@ -1,0 +1,386 @@
+"""CSV import and export of triples and customers, streaming in constant memory.
+
+An import reads the file twice. The first pass validates every row and hashes the file; a bad row
+stops the import before anything is written (naming the line and the field), unless ``skip_bad``
+sends rejected rows to a side file with the reason. The second pass stores the good rows, one
+transaction per batch, and records in ``import_runs`` how many rows are committed, so that running
+the same file again after a crash resumes where it stopped and never stores a row twice.
+
+Events CSV columns: customer_id, experience, result, occurred_at, and optionally value, cost,
+idempotency_key; every other column is a customer attribute (empty cell: missing).
+Customers CSV columns: customer_id, optionally name; every other column is an attribute.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TextIO
+
+from sqlalchemy import Engine, Table
+from sqlmodel import Session, col, select
+
+from engine.catalog import Catalog, load_catalog
+from engine.customers import clean_attributes
+from engine.db import dialect_insert
+from engine.errors import InvalidInput
+from engine.models import Customer, ImportRun, Outcome, utcnow
+from engine.triples import parse_event, store_triples
+
+ImportKind = Literal["events", "customers"]
+EVENT_COLUMNS = (
+    "customer_id",
+    "experience",
+    "result",
+    "occurred_at",
+    "value",
+    "cost",
+    "idempotency_key",
+)
+CUSTOMER_COLUMNS = ("customer_id", "name")
+REQUIRED = {
+    "events": ("customer_id", "experience", "result", "occurred_at"),
+    "customers": ("customer_id",),
+}
+
+
+class ImportFailed(InvalidInput):
+    """A row (or the header) of the file is invalid; ``line`` is 1-based, the header is line 1."""
+
+    def __init__(self, message: str, *, line: int, field: str | None) -> None:
+        super().__init__(f"line {line}: {message}", field=field)
+        self.line = line
+
+
+@dataclass
+class ImportSummary:
+    kind: ImportKind
+    path: str
+    rows_read: int = 0
+    rows_stored: int = 0
+    rows_rejected: int = 0
+    rows_resumed: int = 0
+    already_imported: bool = False
+    rejected_path: str | None = None
+    seconds: float = 0.0
+    batches: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "errors"}
+
+
+Progress = Callable[[int], object]
+
+
+def _lines(handle: TextIO, progress: Progress | None) -> Iterator[str]:
+    for line in handle:
+        if progress is not None:
+            progress(len(line))
+        yield line
+
+
+def _rows(path: Path, progress: Progress | None = None) -> Iterator[tuple[int, dict[str, str]]]:
+    """(line number, row) pairs; line numbers count physical lines, header = 1."""
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(_lines(handle, progress), strict=True)
+        try:
+            for row in reader:
+                yield reader.line_num, row
+        except csv.Error as error:
+            raise ImportFailed(
+                f"malformed CSV: {error}", line=reader.line_num, field=None
+            ) from None
+
+
+def _check_header(kind: ImportKind, header: Sequence[str], catalog: Catalog) -> None:
+    fixed = EVENT_COLUMNS if kind == "events" else CUSTOMER_COLUMNS
+    missing = [c for c in REQUIRED[kind] if c not in header]
+    if missing:
+        raise ImportFailed(
+            f"missing column {missing[0]!r}; required: {', '.join(REQUIRED[kind])}",
+            line=1,
+            field=missing[0],
+        )
+    for name in header:
+        if name not in fixed and name not in catalog.specs:
+            raise ImportFailed(
+                f"column {name!r} is neither a field ({', '.join(fixed)}) nor a declared "
+                f"attribute ({', '.join(sorted(catalog.specs)) or 'none declared'})",
+                line=1,
+                field=name,
+            )
+    repeated = sorted({n for n in header if list(header).count(n) > 1})
+    if repeated:
+        raise ImportFailed(f"column {repeated[0]!r} appears twice", line=1, field=repeated[0])
+
+
+def _parse_row(kind: ImportKind, catalog: Catalog, row: dict[str, Any], now: dt.datetime) -> Any:
+    if None in row:
+        raise InvalidInput("the row has more cells than the header", field=None)
+    if any(v is None for v in row.values()):
+        raise InvalidInput("the row has fewer cells than the header", field=None)
+    fixed = EVENT_COLUMNS if kind == "events" else CUSTOMER_COLUMNS
+    attributes = {k: v for k, v in row.items() if k not in fixed and v != ""}
+    if kind == "events":
+        raw = {k: row[k] for k in EVENT_COLUMNS if row.get(k) not in (None, "")}
+        raw["attributes"] = attributes
+        return parse_event(catalog, raw, now=now)
+    customer_id = row.get("customer_id") or ""
+    if (
+        not customer_id
+        or len(customer_id) > 128
+        or any(c.isspace() or c == "/" for c in customer_id)
+    ):
+        raise InvalidInput(
+            "customer_id must be 1 to 128 characters without spaces or '/'", field="customer_id"
+        )
+    return (customer_id, row.get("name") or None, clean_attributes(catalog, attributes))
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def import_csv(
+    *,
+    engine: Engine,
+    path: Path,
+    kind: ImportKind,
+    batch_size: int = 5000,
+    skip_bad: bool = False,
+    progress: Callable[[str, int], Progress] | None = None,
+) -> ImportSummary:
+    """Import ``path`` (see the module docstring); ``progress(phase, bytes)`` makes a callback."""
+    started = dt.datetime.now(dt.UTC)
+    summary = ImportSummary(kind=kind, path=str(path))
+    size = os.path.getsize(path)
+    with Session(engine, expire_on_commit=False) as session:
+        catalog = load_catalog(session)
+        session.commit()
+    sha = file_sha256(path)
+    with Session(engine) as session:
+        run = session.exec(
+            select(ImportRun).where(col(ImportRun.kind) == kind, col(ImportRun.sha256) == sha)
+        ).first()
+        if run is not None and run.finished:
+            summary.already_imported = True
+            summary.rows_stored = 0
+            summary.rows_resumed = run.rows_committed
+            return summary
+        resume_after = run.rows_committed if run is not None else 0
+
+    rejected_path = Path(f"{path}.rejected.csv")
+    bad_lines = _validate(
+        kind,
+        catalog,
+        path,
+        summary,
+        skip_bad,
+        rejected_path,
+        progress("validate", size) if progress else None,
+    )
+    summary.rejected_path = str(rejected_path) if bad_lines else None
+
+    now = utcnow()
+    good_seen = 0
+    batch: list[Any] = []
+    tick = progress("import", size) if progress else None
+    for line, row in _rows(path, tick):
+        if line in bad_lines:
+            continue
+        good_seen += 1
+        if good_seen <= resume_after:
+            continue
+        batch.append(_parse_row(kind, catalog, row, now))
+        if len(batch) >= batch_size:
+            _store_batch(engine, kind, catalog, batch, sha, path, good_seen)
+            summary.batches += 1
+            batch = []
+    if batch or good_seen == resume_after:
+        _store_batch(engine, kind, catalog, batch, sha, path, good_seen)
+        summary.batches += 1
+    with Session(engine) as session:
+        run = _run(session, kind, sha, path)
+        run.finished, run.finished_at = True, utcnow()
+        run.rows_rejected = len(bad_lines)
+        session.add(run)
+        session.commit()
+    summary.rows_resumed = min(resume_after, good_seen)
+    summary.rows_stored = good_seen - summary.rows_resumed
+    summary.seconds = round((dt.datetime.now(dt.UTC) - started).total_seconds(), 3)
+    return summary
+
+
+def _validate(
+    kind: ImportKind,
+    catalog: Catalog,
+    path: Path,
+    summary: ImportSummary,
+    skip_bad: bool,
+    rejected_path: Path,
+    tick: Progress | None,
+) -> set[int]:
+    """First pass: every row parses, or (``skip_bad``) the bad ones go to the side file."""
+    now = utcnow()
+    bad: set[int] = set()
+    side: Any = None
+    writer: Any = None
+    try:
+        rows = _rows(path, tick)
+        header_checked = False
+        for line, row in rows:
+            if not header_checked:
+                _check_header(kind, list(row.keys()), catalog)
+                header_checked = True
+            summary.rows_read += 1
+            try:
+                _parse_row(kind, catalog, row, now)
+            except ImportFailed:
+                raise
+            except InvalidInput as error:
+                where = f" (column {error.field})" if error.field else ""
+                if not skip_bad:
+                    raise ImportFailed(
+                        f"{error.message}{where}; nothing was imported",
+                        line=line,
+                        field=error.field,
+                    ) from None
+                if writer is None:
+                    side = rejected_path.open("w", newline="", encoding="utf-8")
+                    writer = csv.writer(side)
+                    writer.writerow(["line", "field", "reason", *row.keys()])
+                writer.writerow(
+                    [
+                        line,
+                        error.field or "",
+                        error.message,
+                        *(v if v is not None else "" for v in row.values()),
+                    ]
+                )
+                bad.add(line)
+        if not header_checked:
+            with path.open(newline="", encoding="utf-8-sig") as handle:
+                header = next(csv.reader(handle), [])
+            _check_header(kind, header, catalog)
+    finally:
+        if side is not None:
+            side.close()
+    summary.rows_rejected = len(bad)
+    return bad
+
+
+def _run(session: Session, kind: str, sha: str, path: Path) -> ImportRun:
+    run = session.exec(
+        select(ImportRun).where(col(ImportRun.kind) == kind, col(ImportRun.sha256) == sha)
+    ).first()
+    return run or ImportRun(kind=kind, sha256=sha, filename=str(path)[:500])
+
+
+def _store_batch(
+    engine: Engine,
+    kind: ImportKind,
+    catalog: Catalog,
+    batch: list[Any],
+    sha: str,
+    path: Path,
+    committed: int,
+) -> None:
+    """One transaction: the rows and the import's progress commit together or not at all."""
+    with Session(engine, expire_on_commit=False) as session:
+        if kind == "events":
+            store_triples(session, catalog=catalog, triples=batch)
+        elif batch:
+            _upsert_customers(session, batch)
+        run = _run(session, kind, sha, path)
+        run.rows_committed = committed
+        session.add(run)
+        session.commit()
+
+
+def _upsert_customers(
+    session: Session, batch: list[tuple[str, str | None, dict[str, Any]]]
+) -> None:
+    table: Table = Customer.__table__  # type: ignore[attr-defined]
+    now = utcnow()
+    latest = {cid: (name, attrs) for cid, name, attrs in batch}  # a later row wins
+    statement = dialect_insert(session)(table)
+    statement = statement.on_conflict_do_update(
+        index_elements=["id"],
+        set_={
+            "attributes": statement.excluded.attributes,
+            "name": statement.excluded.name,
+            "updated_at": statement.excluded.updated_at,
+        },
+    )
+    session.execute(
+        statement,
+        [
+            {"id": cid, "name": name, "attributes": attrs, "created_at": now, "updated_at": now}
+            for cid, (name, attrs) in sorted(latest.items())
+        ],
+    )
+
+
+def export_events(*, engine: Engine, out: TextIO, chunk: int = 5000) -> int:
+    """Write every stored result as an events CSV that ``import_csv`` reads back. Returns rows."""
+    with Session(engine) as session:
+        catalog = load_catalog(session)
+        names = sorted(catalog.specs)
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow([*EVENT_COLUMNS, *names])
+        last_id, written = 0, 0
+        while True:
+            rows = list(
+                session.exec(
+                    select(Outcome)
+                    .where(col(Outcome.id) > last_id)
+                    .order_by(col(Outcome.id))
+                    .limit(chunk)
+                )
+            )
+            if not rows:
+                return written
+            for row in rows:
+                occurred = (
+                    row.occurred_at
+                    if row.occurred_at.tzinfo
+                    else row.occurred_at.replace(tzinfo=dt.UTC)
+                )
+                writer.writerow(
+                    [
+                        row.customer_id,
+                        row.experience_key,
+                        row.result,
+                        occurred.isoformat().replace("+00:00", "Z"),
+                        "" if row.value is None else repr(row.value),
+                        "" if row.cost is None else repr(row.cost),
+                        row.idempotency_key or "",
+                        *(_cell(row.attributes.get(n)) for n in names),
+                    ]
+                )
+            written += len(rows)
+            last_id = rows[-1].id or last_id
+            session.expunge_all()
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+__all__ = ["ImportFailed", "ImportSummary", "export_events", "import_csv"]

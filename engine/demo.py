@@ -1,0 +1,236 @@
+"""The demo business: the simulator's retention world loaded into an empty database.
+
+Outcome scale, attribute specs, eight experiences (one the control), a segmentation, 5,000
+customers and about 50,000 historical triples drawn from the simulator's ground truth, plus one
+demo key per role. The keys are fixed so that the README's curl calls work verbatim; they are for
+a local demo only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Engine
+from sqlmodel import Session, select
+
+from engine import auth, catalog, customers
+from engine.models import Experience, utcnow
+from engine.schemas import (
+    AttributeSpecIn,
+    AttributeSpecsIn,
+    CustomerIn,
+    ExperienceCreate,
+    OutcomeLevel,
+    OutcomeScaleIn,
+    SegmentationIn,
+)
+from engine.simulate import make_world
+from engine.triples import parse_event, store_triples
+
+DEMO_KEYS = {
+    "admin": "nb_demoadmin_admin-demo-key",
+    "marketer": "nb_demomkt_marketer-demo-key",
+    "agent": "nb_demoagent_agent-demo-key",
+    "service": "nb_demosvc_service-demo-key",
+}
+DESCRIPTIONS = {
+    "no_offer": "Do nothing: the control. Wins where customers stay anyway.",
+    "retention_email": "A personal email reminding the customer of what they get.",
+    "loyalty_points": "2,000 loyalty points, paid only if the customer stays.",
+    "discount_10": "10% off the next three months.",
+    "discount_20": "20% off the next three months.",
+    "free_month": "One month free.",
+    "callback_senior": "A call from a senior agent within a day.",
+    "upgrade_offer": "The next plan up at the current price for three months.",
+}
+Progress = Callable[[int, str], Any]
+
+
+def seed_demo(
+    *,
+    engine: Engine,
+    n_customers: int = 5000,
+    n_triples: int = 50_000,
+    seed: int = 1,
+    progress: Progress | None = None,
+) -> bool:
+    """Load the demo business unless experiences exist already. Returns True when it seeded."""
+    with Session(engine, expire_on_commit=False) as session:
+        if session.exec(select(Experience)).first() is not None:
+            _ensure_keys(session)
+            session.commit()
+            return False
+    world = make_world(seed)
+    rng = np.random.default_rng(seed)
+    people, triples = world.historical_log(n_customers, n_triples, rng, end=_end_of_yesterday())
+    actor = "system:demo"
+    with Session(engine, expire_on_commit=False) as session:
+        catalog.put_attribute_specs(
+            session=session,
+            specs_in=AttributeSpecsIn(
+                attributes=[
+                    AttributeSpecIn(
+                        name=s.name, type=s.type, levels=list(s.levels), bins=list(s.bins)
+                    )
+                    for s in world.attributes
+                ]
+            ),
+            actor=actor,
+        )
+        catalog.put_outcome_scale(
+            session=session,
+            scale_in=OutcomeScaleIn(
+                levels=[
+                    OutcomeLevel(label=label, value=float(value))
+                    for label, value in zip(world.levels, world.level_values, strict=True)
+                ],
+                attribution_days=30,
+                default_result=world.levels[0],
+            ),
+            actor=actor,
+        )
+        for experience in world.experiences:
+            catalog.create_experience(
+                session=session,
+                experience_in=ExperienceCreate(
+                    key=experience.key,
+                    name=experience.name,
+                    description=DESCRIPTIONS.get(experience.key, ""),
+                    cost=experience.cost,
+                    cost_on=list(experience.cost_on) or None,
+                    is_control=experience.is_control,
+                    channels=["phone", "email", "web"],
+                ),
+                actor=actor,
+            )
+        catalog.put_segmentation(
+            session=session,
+            segmentation_in=SegmentationIn(attributes=["plan", "tenure_months", "complaints_90d"]),
+            actor=actor,
+        )
+        _ensure_keys(session)
+        session.commit()
+    _load_customers(engine, people, progress)
+    _load_triples(engine, triples, progress)
+    return True
+
+
+def _end_of_yesterday() -> dt.datetime:
+    return utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _ensure_keys(session: Session) -> None:
+    for role, key in DEMO_KEYS.items():
+        auth.ensure_key(session=session, key=key, role=role, name=f"demo-{role}")  # type: ignore[arg-type]
+
+
+def _load_customers(
+    engine: Engine, people: list[dict[str, Any]], progress: Progress | None
+) -> None:
+    bar = progress(len(people), "customers") if progress else None
+    with Session(engine, expire_on_commit=False) as session:
+        snapshot = catalog.load_catalog(session)
+        for i, person in enumerate(people):
+            customers.upsert_customer(
+                session=session,
+                catalog=snapshot,
+                customer_id=person["customer_id"],
+                customer_in=CustomerIn(name=_name(i), attributes=person["attributes"]),
+            )
+            if bar is not None and i % 500 == 499:
+                bar.update(500)
+        session.commit()
+    if bar is not None:
+        bar.close()
+
+
+def _load_triples(engine: Engine, triples: list[dict[str, Any]], progress: Progress | None) -> None:
+    bar = progress(len(triples), "triples") if progress else None
+    now = utcnow()
+    for start in range(0, len(triples), 5000):
+        part = triples[start : start + 5000]
+        with Session(engine, expire_on_commit=False) as session:
+            snapshot = catalog.load_catalog(session)
+            parsed = [
+                parse_event(
+                    snapshot,
+                    {
+                        "customer_id": t["customer_id"],
+                        "experience": t["experience"],
+                        "result": t["result"],
+                        "occurred_at": t["occurred_at"],
+                    },
+                    now=now,
+                )
+                for t in part
+            ]
+            store_triples(session, catalog=snapshot, triples=parsed)
+            session.commit()
+        if bar is not None:
+            bar.update(len(part))
+    if bar is not None:
+        bar.close()
+
+
+_FIRST = (
+    "Ada",
+    "Ben",
+    "Chloe",
+    "Dev",
+    "Elif",
+    "Femi",
+    "Grace",
+    "Hugo",
+    "Ines",
+    "Jonas",
+    "Kira",
+    "Luca",
+    "Maya",
+    "Noor",
+    "Omar",
+    "Priya",
+    "Quinn",
+    "Rosa",
+    "Sami",
+    "Tara",
+    "Uma",
+    "Vik",
+    "Wen",
+    "Xavi",
+    "Yara",
+    "Zane",
+)
+_LAST = (
+    "Adams",
+    "Baker",
+    "Costa",
+    "Dubois",
+    "Evans",
+    "Fischer",
+    "Garcia",
+    "Haddad",
+    "Ito",
+    "Jensen",
+    "Khan",
+    "Larsen",
+    "Moreau",
+    "Novak",
+    "Okafor",
+    "Petrov",
+    "Quist",
+    "Rossi",
+    "Silva",
+    "Tanaka",
+    "Usman",
+    "Varga",
+    "Weber",
+    "Yilmaz",
+    "Zhou",
+)
+
+
+def _name(i: int) -> str:
+    return f"{_FIRST[i % len(_FIRST)]} {_LAST[(i * 7 + i // len(_FIRST)) % len(_LAST)]}"

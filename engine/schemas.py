@@ -1,0 +1,369 @@
+"""Request and response models of the HTTP API (one family per resource).
+
+Validation happens here, at the boundary; services trust what passes. Checks that need the
+database (does this level exist?) live in the services and raise engine.errors.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from itertools import pairwise
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from engine.attributes import AttributeType
+
+Key = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z][A-Za-z0-9_.-]*$")]
+Label = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")]
+AttrName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+CustomerId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\s/]+$")]
+Money = Annotated[float, Field(ge=-1e12, le=1e12, allow_inf_nan=False)]
+Role = Literal["agent", "marketer", "service", "admin"]
+ROLES: tuple[Role, ...] = ("agent", "marketer", "service", "admin")
+DecisionSource = Literal["rule", "experiment", "explore", "thompson", "agent_override"]
+Reaction = Literal["accepted", "declined"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# Outcome scale --------------------------------------------------------------------------------
+
+
+class OutcomeLevel(Strict):
+    label: Label
+    value: Money | None = None
+    value_attribute: AttrName | None = None
+    value_factor: Money = 1.0
+
+    @model_validator(mode="after")
+    def _one_value_source(self) -> OutcomeLevel:
+        if self.value is not None and self.value_attribute is not None:
+            raise ValueError("give either value or value_attribute, not both")
+        return self
+
+
+class OutcomeScaleIn(Strict):
+    levels: list[OutcomeLevel] = Field(min_length=2, max_length=20)
+    attribution_days: float = Field(default=30.0, gt=0, le=3650)
+    default_result: Label
+
+    @model_validator(mode="after")
+    def _labels(self) -> OutcomeScaleIn:
+        labels = [level.label for level in self.levels]
+        duplicated = sorted({x for x in labels if labels.count(x) > 1})
+        if duplicated:
+            raise ValueError(f"level labels must be unique; repeated: {', '.join(duplicated)}")
+        if self.default_result not in labels:
+            raise ValueError(
+                f"default_result {self.default_result!r} is not a level; levels: "
+                + ", ".join(labels)
+            )
+        return self
+
+
+class OutcomeScalePublic(OutcomeScaleIn):
+    updated_at: dt.datetime
+
+
+# Attribute specs ------------------------------------------------------------------------------
+
+
+class AttributeSpecIn(Strict):
+    name: AttrName
+    type: AttributeType
+    levels: list[Label] = Field(default_factory=list, max_length=200)
+    bins: list[float | dt.date] = Field(default_factory=list, max_length=50)
+    labels: list[Label] = Field(default_factory=list, max_length=51)
+    description: str = Field(default="", max_length=500)
+
+    @model_validator(mode="after")
+    def _shape(self) -> AttributeSpecIn:
+        if self.type == "categorical":
+            if not self.levels:
+                raise ValueError("a categorical attribute needs levels")
+            if len(set(self.levels)) != len(self.levels):
+                raise ValueError("levels must be unique")
+            if "unknown" in self.levels:
+                raise ValueError("'unknown' is reserved for a missing value")
+        elif self.levels:
+            raise ValueError(f"levels apply to categorical attributes, not {self.type}")
+        if self.type in ("categorical", "boolean") and (self.bins or self.labels):
+            raise ValueError(f"bins apply to numeric and date attributes, not {self.type}")
+        edges = self.bin_edges()
+        if any(not math.isfinite(e) for e in edges):
+            raise ValueError("bins must be finite numbers")
+        if any(b <= a for a, b in pairwise(edges)):
+            raise ValueError("bins must be strictly ascending")
+        if self.labels and len(self.labels) != len(edges) + 1:
+            raise ValueError(
+                f"{len(edges)} bins make {len(edges) + 1} labels, not {len(self.labels)}"
+            )
+        return self
+
+    def bin_edges(self) -> list[float]:
+        edges: list[float] = []
+        for edge in self.bins:
+            if self.type == "date":
+                if not isinstance(edge, dt.date):
+                    raise ValueError("bins of a date attribute must be ISO dates")
+                edges.append(float(edge.toordinal()))
+            elif isinstance(edge, dt.date):
+                raise ValueError("bins of a numeric attribute must be numbers")
+            else:
+                edges.append(float(edge))
+        return edges
+
+    @field_validator("bins", mode="before")
+    @classmethod
+    def _dates(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [dt.date.fromisoformat(v) if isinstance(v, str) else v for v in value]
+        return value
+
+
+class AttributeSpecsIn(Strict):
+    attributes: list[AttributeSpecIn] = Field(max_length=100)
+
+    @model_validator(mode="after")
+    def _unique(self) -> AttributeSpecsIn:
+        names = [a.name for a in self.attributes]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"attribute names must be unique; repeated: {', '.join(duplicated)}")
+        return self
+
+
+class AttributeSpecPublic(BaseModel):
+    name: str
+    type: AttributeType
+    levels: list[str]
+    bins: list[float | str]
+    labels: list[str]
+    segment_levels: list[str]
+    description: str
+
+
+class AttributeSpecsPublic(BaseModel):
+    attributes: list[AttributeSpecPublic]
+
+
+# Experiences ----------------------------------------------------------------------------------
+
+
+class ExperienceFields(Strict):
+    name: str = Field(min_length=1, max_length=200)
+    description: str = Field(default="", max_length=2000)
+    cost: Money = 0.0
+    cost_attribute: AttrName | None = None
+    cost_factor: Money = 1.0
+    cost_on: list[Label] | None = Field(
+        default=None, description="Levels on which the cost is incurred; null means always"
+    )
+    is_control: bool = False
+    eligibility: str | None = Field(default=None, max_length=2000)
+    active: bool = True
+    channels: list[Key] = Field(default_factory=list, max_length=20)
+
+
+class ExperienceCreate(ExperienceFields):
+    key: Key
+
+
+class ExperienceUpdate(Strict):
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    description: str | None = Field(default=None, max_length=2000)
+    cost: Money | None = None
+    cost_attribute: AttrName | None = None
+    cost_factor: Money | None = None
+    cost_on: list[Label] | None = None
+    is_control: bool | None = None
+    eligibility: str | None = Field(default=None, max_length=2000)
+    active: bool | None = None
+    channels: list[Key] | None = Field(default=None, max_length=20)
+
+
+class ExperiencePublic(ExperienceCreate):
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class ExperiencesPublic(BaseModel):
+    data: list[ExperiencePublic]
+
+
+# Segmentation ---------------------------------------------------------------------------------
+
+
+class SegmentationIn(Strict):
+    attributes: list[AttrName] | None = Field(default=None, max_length=8)
+    auto: bool = False
+
+    @model_validator(mode="after")
+    def _either(self) -> SegmentationIn:
+        if self.auto == (self.attributes is not None):
+            raise ValueError('give either "attributes" (an ordered list) or "auto": true')
+        if self.attributes is not None and len(set(self.attributes)) != len(self.attributes):
+            raise ValueError("attributes must not repeat")
+        return self
+
+
+class SegmentationPublic(BaseModel):
+    attributes: list[str]
+    auto: bool
+    updated_at: dt.datetime
+
+
+# Customers ------------------------------------------------------------------------------------
+
+Attributes = Annotated[dict[str, Any], Field(max_length=100)]
+
+
+class CustomerIn(Strict):
+    name: str | None = Field(default=None, max_length=200)
+    attributes: Attributes = Field(default_factory=dict)
+
+
+class CustomerPublic(BaseModel):
+    id: str
+    name: str | None
+    attributes: dict[str, Any]
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class CustomersPublic(BaseModel):
+    data: list[CustomerPublic]
+    next_cursor: str | None
+
+
+# Triples --------------------------------------------------------------------------------------
+
+
+class EventIn(Strict):
+    customer_id: CustomerId
+    experience: Key
+    result: Label
+    occurred_at: dt.datetime
+    value: Money | None = None
+    cost: Money | None = None
+    attributes: Attributes = Field(default_factory=dict)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _aware(cls, value: dt.datetime) -> dt.datetime:
+        if value.tzinfo is None:
+            raise ValueError("occurred_at needs a time zone, e.g. 2026-10-01T10:00:00Z")
+        return value.astimezone(dt.UTC)
+
+
+class EventsBatchIn(Strict):
+    events: list[Any] = Field(min_length=1, description="Event objects; each row is checked")
+
+
+class EventPublic(BaseModel):
+    id: int
+    customer_id: str
+    experience: str
+    result: str
+    occurred_at: dt.datetime
+    exposure: int
+
+
+class BatchPublic(BaseModel):
+    stored: int
+    first_id: int | None
+    last_id: int | None
+
+
+# Decisions and outcomes -----------------------------------------------------------------------
+
+
+class DecisionIn(Strict):
+    customer_id: CustomerId
+    attributes: Attributes | None = None
+    channel: Key | None = None
+    agent_id: str | None = Field(default=None, max_length=128)
+    top_k: int = Field(default=3, ge=1, le=50)
+    values: dict[Label, Money] | None = Field(default=None, max_length=20)
+    costs: dict[Key, Money] | None = Field(default=None, max_length=100)
+    exploit: bool = Field(default=False, description="Return the posterior-best, no exploration")
+
+
+class RankedExperience(BaseModel):
+    experience: str
+    expected_net_value: float
+    ci90: tuple[float, float]
+    p_best: float
+
+
+class RulePublic(BaseModel):
+    id: str
+    version: int
+    text: str
+
+
+class DecisionPublic(BaseModel):
+    decision_id: str
+    customer_id: str
+    experience: str
+    propensity: float
+    source: DecisionSource
+    rule: RulePublic | None
+    experiment: dict[str, Any] | None
+    ranked: list[RankedExperience]
+    segment: str
+    created_at: dt.datetime
+
+
+class OutcomeIn(Strict):
+    decision_id: str = Field(min_length=1, max_length=36)
+    result: Label
+    value: Money | None = None
+    cost: Money | None = None
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+    occurred_at: dt.datetime | None = None
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _aware(cls, value: dt.datetime | None) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("occurred_at needs a time zone, e.g. 2026-10-01T10:00:00Z")
+        return None if value is None else value.astimezone(dt.UTC)
+
+
+class OutcomePublic(BaseModel):
+    id: int
+    decision_id: str | None
+    customer_id: str
+    experience: str
+    result: str
+    value: float | None
+    cost: float | None
+    occurred_at: dt.datetime
+    recorded_at: dt.datetime
+
+
+# Keys -----------------------------------------------------------------------------------------
+
+
+class ApiKeyCreate(Strict):
+    name: str = Field(min_length=1, max_length=200)
+    role: Role
+
+
+class ApiKeyPublic(BaseModel):
+    id: int
+    name: str
+    role: Role
+    prefix: str
+    created_at: dt.datetime
+    revoked_at: dt.datetime | None
+
+
+class ApiKeyCreated(ApiKeyPublic):
+    key: str = Field(description="Shown once; only its hash is stored")

@@ -1,0 +1,246 @@
+"""Cell statistics: decay-scaled counts written by atomic increments, read as numpy arrays.
+
+Write side: every result adds ``2^((t - epoch) / half_life)`` to the weight of its cell (finest
+segment x experience x exposure bucket x level) in the same transaction that stores the result, as
+``INSERT ... ON CONFLICT DO UPDATE SET weight = weight + excluded.weight``. Additions commute, so
+concurrent writers never lose an update and the table always equals a replay of the log.
+
+Read side: ``CellTable`` holds every row as flat arrays; the decayed count of a cell at time ``now``
+is ``weight * 2^(-(now - epoch) / half_life)``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Table, delete
+from sqlalchemy import select as sa_select
+from sqlmodel import Session, col, select
+
+from engine.catalog import Catalog
+from engine.db import dialect_insert
+from engine.models import CellStat, Outcome
+
+EXPOSURE_BUCKETS = 3
+"""Buckets of earlier exposures of the same experience: 0, 1, 2 or more."""
+
+CellKey = tuple[str, str, int, str]
+"""(finest segment, experience key, exposure bucket, level label)."""
+
+
+def exposure_bucket(earlier: int) -> int:
+    return min(earlier, EXPOSURE_BUCKETS - 1)
+
+
+def scaled_weight(occurred_at: dt.datetime, *, epoch: dt.datetime, half_life_days: float) -> float:
+    """2^((t - epoch) / half_life): the weight a result at ``occurred_at`` adds to its cell."""
+    days = (occurred_at - epoch).total_seconds() / 86400.0
+    return float(2.0 ** (days / half_life_days))
+
+
+def decay_factor(now: dt.datetime, *, epoch: dt.datetime, half_life_days: float) -> float:
+    """Multiply stored weights by this to get decayed counts at ``now``."""
+    days = (now - epoch).total_seconds() / 86400.0
+    return float(2.0 ** (-days / half_life_days))
+
+
+@dataclass(frozen=True)
+class TripleFacts:
+    """What a stored result contributes to the statistics."""
+
+    segment: str
+    experience_key: str
+    exposure: int
+    level: str
+    occurred_at: dt.datetime
+    value: float | None
+    cost: float | None
+
+
+def increments(
+    facts: Iterable[TripleFacts], *, epoch: dt.datetime, half_life_days: float
+) -> dict[CellKey, list[float]]:
+    """Per-cell sums [weight, value_weight, value_sum, cost_weight, cost_sum] of ``facts``."""
+    sums: dict[CellKey, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0, 0.0])
+    for fact in facts:
+        w = scaled_weight(fact.occurred_at, epoch=epoch, half_life_days=half_life_days)
+        cell = sums[(fact.segment, fact.experience_key, exposure_bucket(fact.exposure), fact.level)]
+        cell[0] += w
+        if fact.value is not None:
+            cell[1] += w
+            cell[2] += w * fact.value
+        if fact.cost is not None:
+            cell[3] += w
+            cell[4] += w * fact.cost
+    return sums
+
+
+def apply_increments(session: Session, sums: Mapping[CellKey, list[float]]) -> None:
+    """Atomically add ``sums`` to the stored cells (one upsert statement, executemany)."""
+    if not sums:
+        return
+    table: Table = CellStat.__table__  # type: ignore[attr-defined]
+    statement = dialect_insert(session)(table)
+    names = ("weight", "value_weight", "value_sum", "cost_weight", "cost_sum")
+    statement = statement.on_conflict_do_update(
+        index_elements=["segment", "experience_key", "exposure_bucket", "level"],
+        set_={name: table.c[name] + statement.excluded[name] for name in names},
+    )
+    rows = [
+        {
+            "segment": key[0],
+            "experience_key": key[1],
+            "exposure_bucket": key[2],
+            "level": key[3],
+            **dict(zip(names, values, strict=True)),
+        }
+        # A fixed order keeps concurrent writers taking row locks in the same order (no deadlock).
+        for key, values in sorted(sums.items())
+    ]
+    session.execute(statement, rows)
+
+
+def facts_from_outcomes(catalog: Catalog, outcomes: Iterable[Outcome]) -> Iterable[TripleFacts]:
+    for outcome in outcomes:
+        yield TripleFacts(
+            segment=catalog.finest_segment(outcome.attributes),
+            experience_key=outcome.experience_key,
+            exposure=outcome.exposure,
+            level=outcome.result,
+            occurred_at=_aware(outcome.occurred_at),
+            value=outcome.value,
+            cost=outcome.cost,
+        )
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
+def replay(
+    session: Session, *, catalog: Catalog, chunk: int = 20_000
+) -> dict[CellKey, list[float]]:
+    """Recompute every cell from the stored log, streamed in id order in constant memory."""
+    total: dict[CellKey, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0, 0.0])
+    last_id = 0
+    while True:
+        batch = list(
+            session.exec(
+                select(Outcome)
+                .where(col(Outcome.id) > last_id)
+                .order_by(col(Outcome.id))
+                .limit(chunk)
+            )
+        )
+        if not batch:
+            return dict(total)
+        part = increments(
+            facts_from_outcomes(catalog, batch),
+            epoch=catalog.epoch,
+            half_life_days=catalog.half_life_days,
+        )
+        for key, values in part.items():
+            cell = total[key]
+            for i, v in enumerate(values):
+                cell[i] += v
+        last_id = batch[-1].id or last_id
+        session.expunge_all()
+
+
+def stored_cells(session: Session) -> dict[CellKey, list[float]]:
+    return {
+        (row.segment, row.experience_key, row.exposure_bucket, row.level): [
+            row.weight,
+            row.value_weight,
+            row.value_sum,
+            row.cost_weight,
+            row.cost_sum,
+        ]
+        for row in session.exec(select(CellStat))
+    }
+
+
+def rebuild_cells(*, session: Session, catalog: Catalog) -> int:
+    """Replace the stored cells by a replay of the log (after a change of binning)."""
+    sums = replay(session, catalog=catalog)
+    session.execute(delete(CellStat))
+    apply_increments(session, sums)
+    return len(sums)
+
+
+def drift(
+    stored: Mapping[CellKey, list[float]],
+    replayed: Mapping[CellKey, list[float]],
+    *,
+    rtol: float = 1e-9,
+) -> list[dict[str, Any]]:
+    """Cells where the stored statistics differ from a replay (beyond float summation order)."""
+    differences = []
+    for key in sorted(set(stored) | set(replayed)):
+        a = stored.get(key, [0.0] * 5)
+        b = replayed.get(key, [0.0] * 5)
+        if not np.allclose(a, b, rtol=rtol, atol=1e-9):
+            differences.append({"cell": list(key), "stored": a, "replayed": b})
+    return differences
+
+
+# Read side -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CellTable:
+    """Every stored cell as flat arrays, all of shape (n_rows,), decayed to ``as_of``.
+
+    counts: decayed result counts; value_weights / value_sums and cost_weights / cost_sums: decayed
+    weights and weighted sums of realised values and costs.
+    """
+
+    segments: np.ndarray
+    experiences: np.ndarray
+    buckets: np.ndarray
+    levels: np.ndarray
+    counts: np.ndarray
+    value_weights: np.ndarray
+    value_sums: np.ndarray
+    cost_weights: np.ndarray
+    cost_sums: np.ndarray
+    as_of: dt.datetime
+
+    @property
+    def size(self) -> int:
+        return int(self.counts.shape[0])
+
+
+def load_cell_table(session: Session, *, catalog: Catalog, now: dt.datetime) -> CellTable:
+    names = (
+        "segment",
+        "experience_key",
+        "exposure_bucket",
+        "level",
+        "weight",
+        "value_weight",
+        "value_sum",
+        "cost_weight",
+        "cost_sum",
+    )
+    rows = session.execute(sa_select(*(col(getattr(CellStat, n)) for n in names))).all()
+    factor = decay_factor(now, epoch=catalog.epoch, half_life_days=catalog.half_life_days)
+    columns = list(zip(*rows, strict=True)) if rows else [()] * 9
+    numbers = [np.asarray(c, dtype=np.float64) * factor for c in columns[4:]]
+    return CellTable(
+        segments=np.asarray(columns[0], dtype=object),
+        experiences=np.asarray(columns[1], dtype=object),
+        buckets=np.asarray(columns[2], dtype=np.int64),
+        levels=np.asarray(columns[3], dtype=object),
+        counts=numbers[0],
+        value_weights=numbers[1],
+        value_sums=numbers[2],
+        cost_weights=numbers[3],
+        cost_sums=numbers[4],
+        as_of=now,
+    )

@@ -1,0 +1,368 @@
+"""Triple logging: validate customer-experience-result triples and store them with their statistics.
+
+One code path serves ``POST /v1/events``, ``POST /v1/events:batch``, the CSV import and the
+outcomes of decisions: customers are created or read, exposure counts are taken by atomic
+increments, the results are inserted and the cell statistics are incremented, all in the caller's
+transaction, so a batch is stored whole or not at all.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from sqlalchemy import Table, tuple_
+from sqlmodel import Session, col, insert, select
+
+from engine import stats
+from engine.catalog import Catalog
+from engine.customers import clean_attributes
+from engine.db import dialect_insert
+from engine.errors import Conflict, InvalidInput
+from engine.models import Customer, Exposure, Outcome, utcnow
+
+EVENT_FIELDS = (
+    "customer_id",
+    "experience",
+    "result",
+    "occurred_at",
+    "value",
+    "cost",
+    "attributes",
+    "idempotency_key",
+)
+FUTURE_TOLERANCE = dt.timedelta(days=1)
+CHUNK = 2000
+
+
+@dataclass(frozen=True)
+class Triple:
+    """A validated result ready to store."""
+
+    customer_id: str
+    experience_key: str
+    result: str
+    occurred_at: dt.datetime
+    value: float | None
+    cost: float | None
+    attributes: Mapping[str, Any]
+    idempotency_key: str | None = None
+    decision_id: str | None = None
+    source: str = "event"
+    request_hash: str | None = None
+
+
+def parse_event(catalog: Catalog, raw: Mapping[str, Any], *, now: dt.datetime) -> Triple:
+    """Validate one raw event (JSON object or CSV row); errors name the field."""
+    unknown = sorted(set(raw) - set(EVENT_FIELDS))
+    if unknown:
+        raise InvalidInput(
+            f"unknown field {unknown[0]!r}; fields: {', '.join(EVENT_FIELDS)}", field=unknown[0]
+        )
+    customer_id = _text(raw, "customer_id", 128)
+    if any(c.isspace() or c == "/" for c in customer_id):
+        raise InvalidInput("customer_id must not contain spaces or '/'", field="customer_id")
+    experience = _text(raw, "experience", 64)
+    catalog.experience(experience)
+    result = _text(raw, "result", 64)
+    catalog.result_index(result)
+    occurred_at = parse_time(raw.get("occurred_at"), field="occurred_at")
+    if occurred_at > now + FUTURE_TOLERANCE:
+        raise InvalidInput(
+            f"occurred_at {occurred_at.isoformat()} is in the future", field="occurred_at"
+        )
+    attributes = raw.get("attributes") or {}
+    if not isinstance(attributes, Mapping):
+        raise InvalidInput("attributes must be an object", field="attributes")
+    key = raw.get("idempotency_key")
+    if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= 200):
+        raise InvalidInput(
+            "idempotency_key must be a string of 1 to 200 characters", field="idempotency_key"
+        )
+    return Triple(
+        customer_id=customer_id,
+        experience_key=experience,
+        result=result,
+        occurred_at=occurred_at,
+        value=_money(raw, "value"),
+        cost=_money(raw, "cost"),
+        attributes=clean_attributes(catalog, attributes),
+        idempotency_key=key or None,
+    )
+
+
+def _text(raw: Mapping[str, Any], name: str, max_length: int) -> str:
+    value = raw.get(name)
+    if value is None or value == "":
+        raise InvalidInput(f"{name} is required", field=name)
+    if not isinstance(value, str):
+        raise InvalidInput(f"{name} must be a string, got {value!r}", field=name)
+    if len(value) > max_length:
+        raise InvalidInput(f"{name} is longer than {max_length} characters", field=name)
+    return value
+
+
+def _money(raw: Mapping[str, Any], name: str) -> float | None:
+    value = raw.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        number = float(value) if not isinstance(value, bool) else float("nan")
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not -1e12 <= number <= 1e12:
+        raise InvalidInput(f"{name} must be a finite number, got {value!r}", field=name)
+    return number
+
+
+def parse_time(value: Any, *, field: str) -> dt.datetime:
+    if isinstance(value, dt.datetime):
+        moment = value
+    elif isinstance(value, str) and value:
+        try:
+            moment = dt.datetime.fromisoformat(value)
+        except ValueError:
+            raise InvalidInput(
+                f"{field} must be an ISO 8601 time such as 2026-10-01T10:00:00Z, got {value!r}",
+                field=field,
+            ) from None
+    else:
+        raise InvalidInput(f"{field} is required (ISO 8601 with a time zone)", field=field)
+    if moment.tzinfo is None:
+        raise InvalidInput(f"{field} needs a time zone, e.g. 2026-10-01T10:00:00Z", field=field)
+    return moment.astimezone(dt.UTC)
+
+
+def request_hash(triple: Triple) -> str:
+    body = [
+        triple.customer_id,
+        triple.experience_key,
+        triple.result,
+        triple.occurred_at.isoformat(),
+        triple.value,
+        triple.cost,
+        sorted(triple.attributes.items()),
+        triple.decision_id,
+    ]
+    return hashlib.sha256(json.dumps(body, default=str).encode()).hexdigest()[:32]
+
+
+def store_triples(
+    session: Session, *, catalog: Catalog, triples: Sequence[Triple]
+) -> list[Outcome]:
+    """Store ``triples`` with their exposures and cell statistics in the caller's transaction.
+
+    Triples whose idempotency key is stored already with the same content are not stored again
+    (the stored outcome is returned in their place); a key stored with other content is a 409.
+    """
+    if not triples:
+        return []
+    triples = [replace(t, request_hash=t.request_hash or request_hash(t)) for t in triples]
+    replayed = _replayed(session, triples)
+    fresh = [t for t in triples if t.idempotency_key not in replayed]
+    fresh = _dedupe_keys(fresh)
+    snapshots = _customers(session, catalog, fresh) if fresh else []
+    exposures = _exposures(session, fresh) if fresh else []
+    rows: list[dict[str, Any]] = [
+        {
+            "decision_id": t.decision_id,
+            "customer_id": t.customer_id,
+            "experience_key": t.experience_key,
+            "result": t.result,
+            "value": t.value,
+            "cost": t.cost,
+            "occurred_at": t.occurred_at,
+            "recorded_at": utcnow(),
+            "attributes": snapshots[i],
+            "exposure": exposures[i],
+            "source": t.source,
+            "idempotency_key": t.idempotency_key,
+            "request_hash": t.request_hash,
+        }
+        for i, t in enumerate(fresh)
+    ]
+    stored: list[Outcome] = []
+    if rows:
+        ids = (
+            session.execute(
+                insert(Outcome).returning(col(Outcome.id), sort_by_parameter_order=True), rows
+            )
+            .scalars()
+            .all()
+        )
+        stored = [Outcome(id=i, **row) for i, row in zip(ids, rows, strict=True)]
+        facts = (
+            stats.TripleFacts(
+                segment=catalog.finest_segment(row["attributes"]),
+                experience_key=row["experience_key"],
+                exposure=row["exposure"],
+                level=row["result"],
+                occurred_at=row["occurred_at"],
+                value=row["value"],
+                cost=row["cost"],
+            )
+            for row in rows
+        )
+        stats.apply_increments(
+            session,
+            stats.increments(facts, epoch=catalog.epoch, half_life_days=catalog.half_life_days),
+        )
+    results: list[Outcome] = []
+    by_key = dict(replayed)
+    fresh_rows = iter(stored)
+    for t in triples:
+        if t.idempotency_key is not None and t.idempotency_key in by_key:
+            results.append(by_key[t.idempotency_key])
+            continue
+        row = next(fresh_rows)
+        results.append(row)
+        if t.idempotency_key is not None:
+            by_key[t.idempotency_key] = row
+    return results
+
+
+def _replayed(session: Session, triples: Sequence[Triple]) -> dict[str, Outcome]:
+    keys = [t.idempotency_key for t in triples if t.idempotency_key]
+    if not keys:
+        return {}
+    existing: dict[str, Outcome] = {}
+    for part in _chunks(keys):
+        for row in session.exec(select(Outcome).where(col(Outcome.idempotency_key).in_(part))):
+            assert row.idempotency_key is not None
+            existing[row.idempotency_key] = row
+    for t in triples:
+        found = existing.get(t.idempotency_key or "")
+        if found is not None and found.request_hash != t.request_hash:
+            raise Conflict(
+                f"idempotency_key {t.idempotency_key!r} was used before with a different body",
+                field="idempotency_key",
+            )
+    return existing
+
+
+def _dedupe_keys(triples: list[Triple]) -> list[Triple]:
+    seen: dict[str, str | None] = {}
+    out = []
+    for t in triples:
+        if t.idempotency_key is None:
+            out.append(t)
+            continue
+        if t.idempotency_key in seen:
+            if seen[t.idempotency_key] != t.request_hash:
+                raise Conflict(
+                    f"idempotency_key {t.idempotency_key!r} repeats with a different body",
+                    field="idempotency_key",
+                )
+            continue
+        seen[t.idempotency_key] = t.request_hash
+        out.append(t)
+    return out
+
+
+def _customers(
+    session: Session, catalog: Catalog, triples: Sequence[Triple]
+) -> list[dict[str, Any]]:
+    """Attribute snapshots: the stored profile with the triple's attributes over it.
+
+    Unknown customers are created with the attributes of their first triple.
+    """
+    ids = list(dict.fromkeys(t.customer_id for t in triples))
+    profiles: dict[str, dict[str, Any]] = {}
+    for part in _chunks(ids):
+        for cid, attributes in session.execute(
+            select(Customer.id, Customer.attributes).where(col(Customer.id).in_(part))
+        ):
+            profiles[cid] = attributes
+    new: dict[str, dict[str, Any]] = {}
+    for t in triples:
+        if t.customer_id not in profiles and t.customer_id not in new:
+            new[t.customer_id] = dict(t.attributes)
+    if new:
+        now = utcnow()
+        _insert_ignore(
+            session,
+            Customer.__table__,  # type: ignore[attr-defined]
+            [
+                {"id": cid, "name": None, "attributes": attrs, "created_at": now, "updated_at": now}
+                for cid, attrs in new.items()
+            ],
+            ["id"],
+        )
+        profiles.update(new)
+    return [{**profiles[t.customer_id], **t.attributes} for t in triples]
+
+
+def _exposures(session: Session, triples: Sequence[Triple]) -> list[int]:
+    """Earlier exposures of each triple's customer to its experience, counted atomically."""
+    pairs = Counter((t.customer_id, t.experience_key) for t in triples)
+    table: Table = Exposure.__table__  # type: ignore[attr-defined]
+    statement = dialect_insert(session)(table)
+    statement = statement.on_conflict_do_update(
+        index_elements=["customer_id", "experience_key"],
+        set_={"count": table.c["count"] + statement.excluded["count"]},
+    )
+    ordered = sorted(pairs.items())
+    session.execute(
+        statement, [{"customer_id": c, "experience_key": e, "count": k} for (c, e), k in ordered]
+    )
+    after: dict[tuple[str, str], int] = {}
+    for part in _chunks([p for p, _ in ordered]):
+        rows = session.execute(
+            select(Exposure.customer_id, Exposure.experience_key, Exposure.count).where(
+                tuple_(col(Exposure.customer_id), col(Exposure.experience_key)).in_(part)
+            )
+        )
+        for cid, exp, count in rows:
+            after[(cid, exp)] = count
+    running = {pair: after[pair] - k for pair, k in pairs.items()}
+    earlier = []
+    for t in triples:
+        pair = (t.customer_id, t.experience_key)
+        earlier.append(running[pair])
+        running[pair] += 1
+    return earlier
+
+
+def _insert_ignore(
+    session: Session, table: Table, rows: list[dict[str, Any]], keys: list[str]
+) -> None:
+    statement = dialect_insert(session)(table).on_conflict_do_nothing(index_elements=keys)
+    session.execute(statement, rows)
+
+
+def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def parse_batch(
+    catalog: Catalog, raws: Sequence[Any], *, now: dt.datetime, max_errors: int = 100
+) -> list[Triple]:
+    """Validate every row; if any is bad, raise one error listing each bad row and its field."""
+    triples: list[Triple] = []
+    errors: list[dict[str, Any]] = []
+    bad = 0
+    for i, raw in enumerate(raws):
+        try:
+            if not isinstance(raw, Mapping):
+                raise InvalidInput("each event must be an object", field=None)
+            triples.append(parse_event(catalog, raw, now=now))
+        except InvalidInput as error:
+            bad += 1
+            if len(errors) < max_errors:
+                field = f"events.{i}.{error.field}" if error.field else f"events.{i}"
+                errors.append({"row": i, "field": field, "message": error.message})
+    if errors:
+        first = errors[0]
+        raise InvalidInput(
+            f"{bad} of {len(raws)} events are invalid and nothing was stored; "
+            f"first: row {first['row']}: {first['message']}",
+            field=first["field"],
+            details=errors,
+        )
+    return triples
