@@ -456,7 +456,7 @@ def _install_routes(app: FastAPI) -> None:
         parsed = triples.parse_batch(catalog_now, body.events, now=utcnow())
         rows = triples.store_triples(session, catalog=catalog_now, triples=parsed)
         runtime.wrote_stats()
-        ids = [r.id for r in rows if r.id is not None]
+        ids = [r.id for r in rows]
         return BatchPublic(
             stored=len(rows), first_id=min(ids, default=None), last_id=max(ids, default=None)
         )
@@ -499,7 +499,7 @@ def _install_routes(app: FastAPI) -> None:
         return ApiKeyPublic.model_validate(row, from_attributes=True)
 
 
-def _event_public(row: Any) -> EventPublic:
+def _event_public(row: triples.StoredTriple) -> EventPublic:
     return EventPublic(
         id=row.id,
         customer_id=row.customer_id,

@@ -11,6 +11,7 @@ import math
 from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import pairwise
 from typing import Any, Literal
 
@@ -42,6 +43,10 @@ class AttributeSpec:
 
     def segment_levels(self) -> tuple[str, ...]:
         """The levels this attribute takes in the segment tree (without ``unknown``)."""
+        return self._segment_levels
+
+    @cached_property
+    def _segment_levels(self) -> tuple[str, ...]:
         if self.type == "categorical":
             return self.levels
         if self.type == "boolean":

@@ -158,14 +158,10 @@ def load_catalog(session: Session) -> Catalog:
         scale=None if scale_row is None else _scale_from_row(scale_row),
         experiences=experiences,
         segmentation=() if segmentation is None else tuple(segmentation.attributes),
-        epoch=_aware(state.epoch),
+        epoch=state.epoch,
         half_life_days=state.half_life_days,
         _spec_order=tuple(sorted(specs)),
     )
-
-
-def _aware(value: dt.datetime) -> dt.datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
 
 
 def spec_from_row(row: AttributeSpecRow) -> AttributeSpec:

@@ -13,7 +13,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, Insert, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session
@@ -55,6 +55,33 @@ def _sqlite_begin(connection: Any) -> None:
 def dialect_insert(session: Session) -> Any:
     """The INSERT construct with ON CONFLICT support for the session's database."""
     return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
+def execute_many(session: Session, statement: Insert, rows: list[dict[str, Any]]) -> None:
+    """Run an INSERT (or upsert) for many rows whose keys are the table's column names.
+
+    On SQLite, SQLAlchemy's per-row parameter handling costs more than the insert itself on large
+    batches, so the statement is compiled once and run by the DBAPI cursor's executemany; each
+    value still goes through its column type's bind processor, so what is stored is the same.
+    """
+    if not rows:
+        return
+    dialect = session.get_bind().dialect
+    if dialect.name != "sqlite":
+        session.execute(statement, rows)
+        return
+    compiled = statement.compile(dialect=dialect, column_keys=list(rows[0]))
+    names = list(compiled.positiontup or ())
+    columns = statement.table.c  # type: ignore[attr-defined]
+    processors = [columns[name].type.bind_processor(dialect) for name in names]
+    values = [
+        tuple(
+            row[name] if proc is None else proc(row[name])
+            for name, proc in zip(names, processors, strict=True)
+        )
+        for row in rows
+    ]
+    session.connection().exec_driver_sql(str(compiled), values)
 
 
 def is_sqlite(engine: Engine) -> bool:

@@ -9,7 +9,6 @@ delivered.
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
 from typing import Any
 
@@ -31,7 +30,7 @@ from engine.schemas import (
     OutcomePublic,
     RankedExperience,
 )
-from engine.triples import Triple, store_triples
+from engine.triples import StoredTriple, Triple, store_triples
 
 PRIOR_STRENGTH = 1.0
 """Pseudo-results of the prior, spread over levels by the pooled result distribution."""
@@ -171,7 +170,7 @@ def record_outcome(
     override = session.get(DecisionOverride, decision.id)
     delivered = override.experience_key if override else decision.experience_key
     occurred_at = outcome_in.occurred_at or utcnow()
-    if occurred_at < _aware(decision.created_at):
+    if occurred_at < decision.created_at:
         raise InvalidInput("occurred_at is before the decision was made", field="occurred_at")
     triple = Triple(
         customer_id=decision.customer_id,
@@ -193,7 +192,7 @@ def record_outcome(
             outcome_in.cost,
         ) and (outcome_in.idempotency_key in (None, existing.idempotency_key))
         if same:
-            return outcome_public(existing), False
+            return outcome_public(StoredTriple.of(existing)), False
         raise Conflict(
             f"decision {decision.id!r} has an outcome already ({existing.result}); "
             "an outcome is recorded once",
@@ -208,19 +207,15 @@ def _outcome_of(decision_id: str) -> SelectOfScalar[Outcome]:
     return select(Outcome).where(col(Outcome.decision_id) == decision_id)
 
 
-def outcome_public(row: Outcome) -> OutcomePublic:
+def outcome_public(row: StoredTriple) -> OutcomePublic:
     return OutcomePublic(
-        id=row.id or 0,
+        id=row.id,
         decision_id=row.decision_id,
         customer_id=row.customer_id,
         experience=row.experience_key,
         result=row.result,
         value=row.value,
         cost=row.cost,
-        occurred_at=_aware(row.occurred_at),
-        recorded_at=_aware(row.recorded_at),
+        occurred_at=row.occurred_at,
+        recorded_at=row.recorded_at,
     )
-
-
-def _aware(value: dt.datetime) -> dt.datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)

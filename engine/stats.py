@@ -23,7 +23,7 @@ from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from engine.catalog import Catalog
-from engine.db import dialect_insert
+from engine.db import dialect_insert, execute_many
 from engine.models import CellStat, Outcome
 
 EXPOSURE_BUCKETS = 3
@@ -102,7 +102,7 @@ def apply_increments(session: Session, sums: Mapping[CellKey, list[float]]) -> N
         # A fixed order keeps concurrent writers taking row locks in the same order (no deadlock).
         for key, values in sorted(sums.items())
     ]
-    session.execute(statement, rows)
+    execute_many(session, statement, rows)
 
 
 def facts_from_outcomes(catalog: Catalog, outcomes: Iterable[Outcome]) -> Iterable[TripleFacts]:
@@ -112,14 +112,10 @@ def facts_from_outcomes(catalog: Catalog, outcomes: Iterable[Outcome]) -> Iterab
             experience_key=outcome.experience_key,
             exposure=outcome.exposure,
             level=outcome.result,
-            occurred_at=_aware(outcome.occurred_at),
+            occurred_at=outcome.occurred_at,
             value=outcome.value,
             cost=outcome.cost,
         )
-
-
-def _aware(value: dt.datetime) -> dt.datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
 
 
 def replay(

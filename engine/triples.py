@@ -17,12 +17,12 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import Table, tuple_
-from sqlmodel import Session, col, insert, select
+from sqlmodel import Session, col, func, insert, select
 
 from engine import stats
 from engine.catalog import Catalog
 from engine.customers import clean_attributes
-from engine.db import dialect_insert
+from engine.db import dialect_insert, execute_many
 from engine.errors import Conflict, InvalidInput
 from engine.models import Customer, Exposure, Outcome, utcnow
 
@@ -55,6 +55,27 @@ class Triple:
     decision_id: str | None = None
     source: str = "event"
     request_hash: str | None = None
+
+
+@dataclass(frozen=True)
+class StoredTriple:
+    """A stored result as the API reports it (a light record: batches store thousands)."""
+
+    id: int
+    decision_id: str | None
+    customer_id: str
+    experience_key: str
+    result: str
+    value: float | None
+    cost: float | None
+    occurred_at: dt.datetime
+    recorded_at: dt.datetime
+    exposure: int
+    idempotency_key: str | None
+
+    @classmethod
+    def of(cls, row: Outcome) -> StoredTriple:
+        return cls(**{name: getattr(row, name) for name in cls.__dataclass_fields__})
 
 
 def parse_event(catalog: Catalog, raw: Mapping[str, Any], *, now: dt.datetime) -> Triple:
@@ -154,7 +175,7 @@ def request_hash(triple: Triple) -> str:
 
 def store_triples(
     session: Session, *, catalog: Catalog, triples: Sequence[Triple]
-) -> list[Outcome]:
+) -> list[StoredTriple]:
     """Store ``triples`` with their exposures and cell statistics in the caller's transaction.
 
     Triples whose idempotency key is stored already with the same content are not stored again
@@ -162,7 +183,12 @@ def store_triples(
     """
     if not triples:
         return []
-    triples = [replace(t, request_hash=t.request_hash or request_hash(t)) for t in triples]
+    triples = [
+        replace(t, request_hash=request_hash(t))
+        if t.idempotency_key is not None and t.request_hash is None
+        else t
+        for t in triples
+    ]
     replayed = _replayed(session, triples)
     fresh = [t for t in triples if t.idempotency_key not in replayed]
     fresh = _dedupe_keys(fresh)
@@ -186,16 +212,13 @@ def store_triples(
         }
         for i, t in enumerate(fresh)
     ]
-    stored: list[Outcome] = []
+    stored: list[StoredTriple] = []
     if rows:
-        ids = (
-            session.execute(
-                insert(Outcome).returning(col(Outcome.id), sort_by_parameter_order=True), rows
-            )
-            .scalars()
-            .all()
-        )
-        stored = [Outcome(id=i, **row) for i, row in zip(ids, rows, strict=True)]
+        ids = _insert_outcomes(session, rows)
+        stored = [
+            StoredTriple(id=i, **{k: row[k] for k in _STORED_FIELDS})
+            for i, row in zip(ids, rows, strict=True)
+        ]
         facts = (
             stats.TripleFacts(
                 segment=catalog.finest_segment(row["attributes"]),
@@ -212,8 +235,8 @@ def store_triples(
             session,
             stats.increments(facts, epoch=catalog.epoch, half_life_days=catalog.half_life_days),
         )
-    results: list[Outcome] = []
-    by_key = dict(replayed)
+    results: list[StoredTriple] = []
+    by_key = {key: StoredTriple.of(row) for key, row in replayed.items()}
     fresh_rows = iter(stored)
     for t in triples:
         if t.idempotency_key is not None and t.idempotency_key in by_key:
@@ -224,6 +247,29 @@ def store_triples(
         if t.idempotency_key is not None:
             by_key[t.idempotency_key] = row
     return results
+
+
+def _insert_outcomes(session: Session, rows: list[dict[str, Any]]) -> Sequence[int]:
+    """Insert result rows and return their ids in row order.
+
+    PostgreSQL batches INSERT ... RETURNING. SQLite would run RETURNING one row at a time, so it
+    inserts with executemany and reads the new ids back: the transaction holds the database's
+    write lock from BEGIN IMMEDIATE (engine.db), so the ids after the previous maximum are ours.
+    """
+    table: Table = Outcome.__table__  # type: ignore[attr-defined]
+    if session.get_bind().dialect.name == "postgresql":
+        returning = insert(table).returning(table.c.id, sort_by_parameter_order=True)
+        return session.execute(returning, rows).scalars().all()
+    before = session.execute(select(func.coalesce(func.max(table.c.id), 0))).scalar_one()
+    execute_many(session, insert(table), rows)
+    ids = session.execute(select(table.c.id).where(table.c.id > before).order_by(table.c.id))
+    found = ids.scalars().all()
+    if len(found) != len(rows):
+        raise RuntimeError("SQLite ids were not assigned in one block; is BEGIN IMMEDIATE off?")
+    return found
+
+
+_STORED_FIELDS = tuple(f for f in StoredTriple.__dataclass_fields__ if f != "id")
 
 
 def _replayed(session: Session, triples: Sequence[Triple]) -> dict[str, Outcome]:
@@ -307,8 +353,10 @@ def _exposures(session: Session, triples: Sequence[Triple]) -> list[int]:
         set_={"count": table.c["count"] + statement.excluded["count"]},
     )
     ordered = sorted(pairs.items())
-    session.execute(
-        statement, [{"customer_id": c, "experience_key": e, "count": k} for (c, e), k in ordered]
+    execute_many(
+        session,
+        statement,
+        [{"customer_id": c, "experience_key": e, "count": k} for (c, e), k in ordered],
     )
     after: dict[tuple[str, str], int] = {}
     for part in _chunks([p for p, _ in ordered]):
