@@ -211,7 +211,7 @@ def main() -> None:
     if "postgresql" in kinds:
         try:
             create_engine(PG_SERVER).connect().close()
-        except Exception:  # noqa: BLE001  (no server: report SQLite only)
+        except Exception:  # no PostgreSQL server here: report SQLite only
             kinds = ["sqlite"]
     result: dict[str, Any] = {
         "machine": {

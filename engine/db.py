@@ -72,7 +72,7 @@ def execute_many(session: Session, statement: Insert, rows: list[dict[str, Any]]
         return
     compiled = statement.compile(dialect=dialect, column_keys=list(rows[0]))
     names = list(compiled.positiontup or ())
-    columns = statement.table.c  # type: ignore[attr-defined]
+    columns = statement.table.c
     processors = [columns[name].type.bind_processor(dialect) for name in names]
     values = [
         tuple(
