@@ -434,11 +434,14 @@ def _install_routes(app: FastAPI) -> None:
     # Triples
     @app.post("/v1/events", status_code=201, tags=["triples"])
     def post_event(
-        body: EventIn, session: SessionDep, runtime: RuntimeDep, _: Service
+        body: EventIn, session: SessionDep, runtime: RuntimeDep, _: Service, response: Response
     ) -> EventPublic:
         catalog_now = runtime.catalog(session)
         triple = triples.parse_event(catalog_now, body.model_dump(exclude_none=True), now=utcnow())
         (row,) = triples.store_triples(session, catalog=catalog_now, triples=[triple])
+        if row.replayed:
+            response.status_code = 200
+            response.headers["Idempotent-Replayed"] = "true"
         runtime.wrote_stats()
         return _event_public(row)
 

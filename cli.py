@@ -182,7 +182,7 @@ def keys_create(
     from engine.auth import create_key
     from engine.errors import InvalidInput
 
-    with _database(db) as engine, Session(engine) as session:
+    with _database(db) as engine, Session(engine, expire_on_commit=False) as session:
         try:
             row, key = create_key(session=session, name=name, role=role, actor="cli")  # type: ignore[arg-type]
         except InvalidInput as error:

@@ -24,7 +24,7 @@ def hash_key(key: str) -> str:
 
 
 def _prefix(key: str) -> str | None:
-    parts = key.split("_")
+    parts = key.split("_", 2)
     return parts[1] if len(parts) == 3 and parts[0] == "nb" and parts[1] else None
 
 

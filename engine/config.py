@@ -18,9 +18,6 @@ class Settings(BaseSettings):
     bootstrap_admin_key: str | None = Field(
         default=None, description="When set, an admin key with this value exists after start-up"
     )
-    half_life_days: float = Field(
-        default=90.0, gt=0, description="Half-life of evidence: older results weigh less"
-    )
     min_exploration: float = Field(
         default=0.05,
         ge=0,

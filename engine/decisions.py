@@ -55,7 +55,7 @@ def decide(*, session: Session, runtime: Runtime, decision_in: DecisionIn) -> De
     summary = posterior.summarize(alpha, net, value_draws)
     explore = 0.0 if decision_in.exploit else runtime.settings.min_exploration
     if decision_in.exploit:
-        chosen, source = int(np.argmax(summary.mean)), "thompson"
+        chosen, source = int(np.argmax(summary.mean)), "exploit"
         propensity = 1.0
     else:
         if runtime.rng.random() < explore:
@@ -124,7 +124,7 @@ def eligible_experiences(
         raise Conflict(
             "no active experience is eligible for this customer"
             + (f" on channel {channel!r}" if channel else ""),
-            field="customer_id",
+            field="channel" if channel else "customer_id",
         )
     return keys
 
@@ -192,7 +192,7 @@ def record_outcome(
             outcome_in.cost,
         ) and (outcome_in.idempotency_key in (None, existing.idempotency_key))
         if same:
-            return outcome_public(StoredTriple.of(existing)), False
+            return outcome_public(StoredTriple.of(existing, replayed=True)), False
         raise Conflict(
             f"decision {decision.id!r} has an outcome already ({existing.result}); "
             "an outcome is recorded once",

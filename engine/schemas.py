@@ -22,7 +22,7 @@ CustomerId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\s/
 Money = Annotated[float, Field(ge=-1e12, le=1e12, allow_inf_nan=False)]
 Role = Literal["agent", "marketer", "service", "admin"]
 ROLES: tuple[Role, ...] = ("agent", "marketer", "service", "admin")
-DecisionSource = Literal["rule", "experiment", "explore", "thompson", "agent_override"]
+DecisionSource = Literal["rule", "experiment", "explore", "thompson", "exploit", "agent_override"]
 Reaction = Literal["accepted", "declined"]
 
 

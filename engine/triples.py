@@ -72,10 +72,15 @@ class StoredTriple:
     recorded_at: dt.datetime
     exposure: int
     idempotency_key: str | None
+    replayed: bool = False
+    """True when an idempotency key matched a result stored before: nothing new was stored."""
 
     @classmethod
-    def of(cls, row: Outcome) -> StoredTriple:
-        return cls(**{name: getattr(row, name) for name in cls.__dataclass_fields__})
+    def of(cls, row: Outcome, *, replayed: bool = False) -> StoredTriple:
+        fields = {
+            name: getattr(row, name) for name in cls.__dataclass_fields__ if name != "replayed"
+        }
+        return cls(**fields, replayed=replayed)
 
 
 def parse_event(catalog: Catalog, raw: Mapping[str, Any], *, now: dt.datetime) -> Triple:
@@ -236,7 +241,7 @@ def store_triples(
             stats.increments(facts, epoch=catalog.epoch, half_life_days=catalog.half_life_days),
         )
     results: list[StoredTriple] = []
-    by_key = {key: StoredTriple.of(row) for key, row in replayed.items()}
+    by_key = {key: StoredTriple.of(row, replayed=True) for key, row in replayed.items()}
     fresh_rows = iter(stored)
     for t in triples:
         if t.idempotency_key is not None and t.idempotency_key in by_key:
@@ -269,7 +274,7 @@ def _insert_outcomes(session: Session, rows: list[dict[str, Any]]) -> Sequence[i
     return found
 
 
-_STORED_FIELDS = tuple(f for f in StoredTriple.__dataclass_fields__ if f != "id")
+_STORED_FIELDS = tuple(f for f in StoredTriple.__dataclass_fields__ if f not in ("id", "replayed"))
 
 
 def _replayed(session: Session, triples: Sequence[Triple]) -> dict[str, Outcome]:

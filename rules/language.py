@@ -128,6 +128,13 @@ class RuleError(InvalidInput):
         self.rule = rule
         self.column = column
 
+    def body(self) -> dict[str, Any]:
+        """The HTTP error body: the message on one line (no caret), the column as a field."""
+        body = super().body()
+        body["error"]["message"] = self.message.split("\n", 1)[0]
+        body["error"]["column"] = self.column
+        return body
+
 
 class RuleSyntaxError(RuleError):
     """The text is not a rule of the language."""

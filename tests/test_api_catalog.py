@@ -243,6 +243,14 @@ def test_bad_experiences(
     assert len(client.get("/v1/experiences", headers=keys["agent"]).json()["data"]) == 3
 
 
+def test_rule_errors_give_the_column(client: TestClient, keys: Headers, business: Any) -> None:
+    body = {"key": "x", "name": "x", "eligibility": 'plan == "basic")'}
+    error = client.post("/v1/experiences", json=body, headers=keys["marketer"]).json()["error"]
+    assert error["column"] == 16
+    assert "\n" not in error["message"]
+    assert error["message"].startswith("unexpected ')' at column 16 in rule: plan ==")
+
+
 def test_unknown_experience_is_404(client: TestClient, keys: Headers, business: Any) -> None:
     response = client.get("/v1/experiences/nope", headers=keys["agent"])
     assert response.status_code == 404

@@ -69,6 +69,7 @@ def test_decision_learns_the_better_experience(
         )
     client.post("/v1/events:batch", json={"events": events}, headers=keys["service"])
     body = decide(client, keys, exploit=True).json()
+    assert (body["source"], body["propensity"]) == ("exploit", 1.0)
     assert body["experience"] == "discount_10"
     assert body["ranked"][0]["experience"] == "discount_10"
     assert body["ranked"][0]["p_best"] > 0.99
@@ -98,7 +99,7 @@ BAD_DECISIONS = [
     ({"top_k": 0}, 422, "top_k", "greater than or equal to 1"),
     ({"values": {"won": 1.0}}, 422, "values.won", "unknown result 'won'"),
     ({"costs": {"yacht": 1.0}}, 422, "costs.yacht", "unknown experience 'yacht'"),
-    ({"channel": "pigeon"}, 409, "customer_id", "no active experience is eligible"),
+    ({"channel": "pigeon"}, 409, "channel", "no active experience is eligible"),
 ]
 
 

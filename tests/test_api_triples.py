@@ -187,3 +187,11 @@ def test_attribute_rebinning_replays_cells(
         segments = {key[0] for key in stats.stored_cells(session)}
     assert any("tenure_months=6-24" in s for s in segments)
     assert_stats_equal_replay(runtime)
+
+
+def test_event_replay_says_so(client: TestClient, keys: Headers, business: Any) -> None:
+    body = event(1, idempotency_key="crm-9")
+    assert client.post("/v1/events", json=body, headers=keys["service"]).status_code == 201
+    again = client.post("/v1/events", json=body, headers=keys["service"])
+    assert again.status_code == 200
+    assert again.headers["Idempotent-Replayed"] == "true"

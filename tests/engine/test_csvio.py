@@ -179,3 +179,20 @@ def test_export_round_trip(
     result = CliRunner().invoke(app, ["export", "events", "--out", str(out), "--db", database_url])
     assert result.exit_code == 0
     assert out.read_bytes().decode() == buffer.getvalue()
+
+
+def test_keys_cli(database_url: str, runtime: Runtime) -> None:
+    created = CliRunner().invoke(
+        app, ["keys", "create", "--role", "service", "--name", "crm", "--db", database_url]
+    )
+    assert created.exit_code == 0, created.output
+    key = created.stdout.strip().splitlines()[0]
+    assert key.startswith("nb_")
+    listed = CliRunner().invoke(app, ["keys", "list", "--db", database_url])
+    assert '"name": "crm"' in listed.stdout
+    assert f'"prefix": "{key.split("_")[1]}"' in listed.stdout
+    bad = CliRunner().invoke(
+        app, ["keys", "create", "--role", "god", "--name", "x", "--db", database_url]
+    )
+    assert bad.exit_code == 1
+    assert "unknown role 'god'" in bad.output
