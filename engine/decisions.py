@@ -17,28 +17,28 @@ from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
 from engine import posterior
+from engine.attributes import segment_path
 from engine.catalog import Catalog
 from engine.customers import customer_for_decision
 from engine.errors import Conflict, InvalidInput, NotFound
-from engine.models import Decision, DecisionOverride, Outcome, utcnow
+from engine.models import Decision, DecisionOverride, Exposure, Outcome, utcnow
 from engine.money import cost_by_level, level_values
 from engine.runtime import Runtime, StatsSnapshot
 from engine.schemas import (
+    DecisionExplanation,
     DecisionIn,
     DecisionPublic,
     OutcomeIn,
     OutcomePublic,
     RankedExperience,
 )
+from engine.stats import exposure_bucket
 from engine.triples import StoredTriple, Triple, store_triples
-
-PRIOR_STRENGTH = 1.0
-"""Pseudo-results of the prior, spread over levels by the pooled result distribution."""
 
 
 def decide(*, session: Session, runtime: Runtime, decision_in: DecisionIn) -> DecisionPublic:
     catalog = runtime.catalog(session)
-    catalog.require_scale()
+    scale_labels = catalog.require_scale().labels
     _check_overrides(catalog, decision_in)
     customer = customer_for_decision(
         session=session,
@@ -49,7 +49,11 @@ def decide(*, session: Session, runtime: Runtime, decision_in: DecisionIn) -> De
     attributes = customer.attributes
     keys = eligible_experiences(runtime, catalog, attributes, decision_in.channel)
     snapshot = runtime.stats(session, catalog)
-    alpha, net = _posterior_inputs(catalog, snapshot, keys, attributes, decision_in)
+    path = segment_path(catalog.specs, catalog.segmentation, attributes)
+    exposures = customer_exposures(session, customer.id)
+    alpha, net, evidence = _posterior_inputs(
+        catalog, snapshot, keys, attributes, path, exposures, decision_in
+    )
     draws = posterior.dirichlet_draws(alpha, runtime.settings.posterior_draws, runtime.rng)
     value_draws = np.einsum("skl,kl->sk", draws, net)
     summary = posterior.summarize(alpha, net, value_draws)
@@ -99,6 +103,16 @@ def decide(*, session: Session, runtime: Runtime, decision_in: DecisionIn) -> De
         experiment=None,
         ranked=ranked[: decision_in.top_k],
         segment=decision.segment,
+        explanation=DecisionExplanation(
+            segment_path=path,
+            evidence=evidence,
+            outcome_distribution={
+                label: round(float(p), 4)
+                for label, p in zip(
+                    scale_labels, posterior.dirichlet_mean(alpha[chosen]), strict=True
+                )
+            },
+        ),
         created_at=decision.created_at,
     )
 
@@ -129,21 +143,49 @@ def eligible_experiences(
     return keys
 
 
+def customer_exposures(session: Session, customer_id: str) -> dict[str, int]:
+    """How many results this customer already has per experience."""
+    rows = session.execute(
+        select(Exposure.experience_key, Exposure.count).where(
+            col(Exposure.customer_id) == customer_id
+        )
+    )
+    return {key: count for key, count in rows.all()}  # noqa: C416  (Row -> pair)
+
+
 def _posterior_inputs(
     catalog: Catalog,
     snapshot: StatsSnapshot,
     keys: list[str],
     attributes: dict[str, Any],
+    path: list[str],
+    exposures: dict[str, int],
     decision_in: DecisionIn,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Dirichlet parameters and per-level net values for the candidates: both shape (K, L)."""
+) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+    """Dirichlet parameters and per-level net values for the candidates, both shape (K, L), and
+    the evidence behind each: the cell of the segment tree the posterior comes from.
+
+    Each candidate's posterior is that of the deepest cell with data on the customer's segment
+    path, in the customer's exposure bucket for that experience (engine.hierarchy).
+    """
     scale = catalog.require_scale()
     n_levels = len(scale.levels)
     per_experience = [snapshot.experience(k, n_levels) for k in keys]
-    counts = np.array([s.counts.sum(axis=0) for s in per_experience])
-    pooled = counts.sum(axis=0) + 1.0
-    prior = PRIOR_STRENGTH * n_levels * pooled / pooled.sum()
-    alpha = counts + prior
+    alpha = np.empty((len(keys), n_levels))
+    evidence = []
+    for k, key in enumerate(keys):
+        bucket = exposure_bucket(exposures.get(key, 0))
+        alpha[k], depth = snapshot.tree.cell(path, key, bucket)
+        node = path[depth] if depth >= 0 else None
+        counts = snapshot.tree.counts.get((node, key, bucket)) if node is not None else None
+        evidence.append(
+            {
+                "experience": key,
+                "segment": node,
+                "exposure_bucket": bucket,
+                "n": round(float(counts.sum()), 2) if counts is not None else 0.0,
+            }
+        )
     values = level_values(scale, attributes, decision_in.values)
     net = np.empty((len(keys), n_levels))
     for k, (key, s) in enumerate(zip(keys, per_experience, strict=True)):
@@ -152,7 +194,7 @@ def _posterior_inputs(
         )
         v = np.where(np.isnan(values), learned, values)
         net[k] = v - cost_by_level(catalog.experiences[key], scale, attributes, decision_in.costs)
-    return alpha, net
+    return alpha, net, evidence
 
 
 # Outcomes --------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from sqlmodel import Session, select
 from engine.catalog import Catalog, engine_state, load_catalog
 from engine.config import Settings
 from engine.db import make_engine
+from engine.hierarchy import TreePosterior, fit_tree
 from engine.models import EngineState, utcnow
 from engine.stats import EXPOSURE_BUCKETS, CellTable, load_cell_table
 
@@ -44,6 +45,7 @@ class ExperienceStats:
 class StatsSnapshot:
     table: CellTable
     by_experience: Mapping[str, ExperienceStats]
+    tree: TreePosterior
     catalog_version: int
     loaded_at: float
 
@@ -72,6 +74,28 @@ def aggregate_by_experience(
         value_sums = np.bincount(levels, table.value_sums[rows], minlength=len(labels))
         out[key] = ExperienceStats(counts, value_weights, value_sums)
     return out
+
+
+def fit_snapshot_tree(table: CellTable, catalog: Catalog) -> TreePosterior:
+    """The hierarchical posterior of the stored cells along the catalog's segmentation."""
+    labels = catalog.scale.labels if catalog.scale else ()
+    segments, segment_index = np.unique(table.segments.astype(str), return_inverse=True)
+    experiences, experience_index = np.unique(table.experiences.astype(str), return_inverse=True)
+    level_of = {label: i for i, label in enumerate(labels)}
+    level_index = np.array([level_of.get(x, -1) for x in table.levels], dtype=np.int64)
+    keep = level_index >= 0
+    parsed = [dict(p.split("=", 1) for p in s.split("|") if p) for s in segments.tolist()]
+    return fit_tree(
+        parsed,
+        segment_index[keep],
+        experiences.tolist(),
+        experience_index[keep],
+        table.buckets[keep],
+        level_index[keep],
+        table.counts[keep],
+        order=catalog.segmentation,
+        n_levels=len(labels),
+    )
 
 
 class Runtime:
@@ -140,6 +164,7 @@ class Runtime:
         snapshot = StatsSnapshot(
             table=table,
             by_experience=aggregate_by_experience(table, labels),
+            tree=fit_snapshot_tree(table, catalog),
             catalog_version=catalog.version,
             loaded_at=time.monotonic(),
         )

@@ -307,6 +307,16 @@ class RulePublic(BaseModel):
     text: str
 
 
+class DecisionExplanation(BaseModel):
+    """Why: the customer's segment path, the cell behind each candidate's estimate (its segment,
+    exposure bucket and decayed number of results) and the chosen experience's expected result
+    distribution."""
+
+    segment_path: list[str]
+    evidence: list[dict[str, Any]]
+    outcome_distribution: dict[str, float]
+
+
 class DecisionPublic(BaseModel):
     decision_id: str
     customer_id: str
@@ -317,6 +327,7 @@ class DecisionPublic(BaseModel):
     experiment: dict[str, Any] | None
     ranked: list[RankedExperience]
     segment: str
+    explanation: DecisionExplanation
     created_at: dt.datetime
 
 

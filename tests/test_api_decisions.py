@@ -206,3 +206,44 @@ def test_decision_without_outcome_scale_is_409(client: TestClient, keys: Headers
     )
     assert response.status_code == 409
     assert "outcome scale" in response.json()["error"]["message"]
+
+
+def test_decisions_follow_the_segment_and_explain_why(
+    client: TestClient, keys: Headers, business: Any
+) -> None:
+    client.put("/v1/segmentation", json={"attributes": ["plan"]}, headers=keys["marketer"])
+    best = {"basic": "discount_10", "premium": "no_offer"}
+    events = []
+    for i in range(600):
+        plan = ["basic", "premium"][i % 2]
+        experience = ["no_offer", "discount_10", "callback_senior"][(i // 2) % 3]
+        result = "retained" if experience == best[plan] else "churned"
+        events.append(
+            {
+                "customer_id": f"h-{i}",
+                "experience": experience,
+                "result": result,
+                "occurred_at": "2026-10-01T10:00:00Z",
+                "attributes": {"plan": plan},
+            }
+        )
+    assert (
+        client.post(
+            "/v1/events:batch", json={"events": events}, headers=keys["service"]
+        ).status_code
+        == 201
+    )
+    for plan, expected in best.items():
+        body = client.post(
+            "/v1/decisions",
+            json={"customer_id": f"new-{plan}", "exploit": True, "attributes": {"plan": plan}},
+            headers=keys["agent"],
+        ).json()
+        assert body["experience"] == expected
+        why = body["explanation"]
+        assert why["segment_path"] == ["", f"plan={plan}"]
+        chosen = next(e for e in why["evidence"] if e["experience"] == expected)
+        assert chosen["segment"] == f"plan={plan}"
+        assert chosen["exposure_bucket"] == 0
+        assert chosen["n"] > 50
+        assert why["outcome_distribution"]["retained"] > 0.9
