@@ -1,57 +1,9 @@
-"""Rules: the marketer rule language (parser, validator, pure-Python evaluator)."""
+"""Rules: the marketer rule language (parser, validator, pure-Python evaluator).
 
-from rules.language import (
-    KEYWORDS,
-    MAX_DEPTH,
-    MAX_LENGTH,
-    OPS,
-    And,
-    Compare,
-    Const,
-    Expr,
-    InList,
-    Not,
-    Op,
-    Or,
-    Predicate,
-    RuleError,
-    RuleSyntaxError,
-    RuleValidationError,
-    Value,
-    attributes_of,
-    compile_predicate,
-    from_json,
-    parse,
-    parse_rule,
-    to_json,
-    to_text,
-    validate,
-)
+The public names are those of ``rules.language``.
+"""
 
-__all__ = [
-    "KEYWORDS",
-    "MAX_DEPTH",
-    "MAX_LENGTH",
-    "OPS",
-    "And",
-    "Compare",
-    "Const",
-    "Expr",
-    "InList",
-    "Not",
-    "Op",
-    "Or",
-    "Predicate",
-    "RuleError",
-    "RuleSyntaxError",
-    "RuleValidationError",
-    "Value",
-    "attributes_of",
-    "compile_predicate",
-    "from_json",
-    "parse",
-    "parse_rule",
-    "to_json",
-    "to_text",
-    "validate",
-]
+from rules import language
+from rules.language import *  # noqa: F403
+
+__all__ = language.__all__
