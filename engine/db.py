@@ -45,7 +45,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA cache_size=-65536")  # 64 MiB: index inserts of large imports stay in memory
+    cursor.execute(
+        "PRAGMA cache_size=-65536"
+    )  # 64 MiB: index inserts of large imports stay in memory
     cursor.execute("PRAGMA temp_store=MEMORY")
     cursor.close()
 

@@ -47,6 +47,7 @@ __all__ = [
     "SimReport",
     "UniformRandom",
     "World",
+    "compare_policies",
     "make_world",
     "run_policy",
 ]
@@ -500,3 +501,13 @@ class OraclePolicy:
         self, attrs: Mapping[str, Any], exposures: np.ndarray, t: float, chosen: int, level: int
     ) -> None:
         return None
+
+
+def compare_policies(
+    world: World, policies: Sequence[Policy], *, n_decisions: int, seed: int
+) -> list[SimReport]:
+    """Run every policy on the same world and the same random stream (seed)."""
+    return [
+        run_policy(world, policy, n_decisions=n_decisions, rng=np.random.default_rng(seed))
+        for policy in policies
+    ]
