@@ -117,8 +117,9 @@ def import_(
     bars: list[tqdm[None]] = []
 
     def progress(phase: str, total: int) -> Callable[[int], object]:
+        unit = "B" if phase == "validate" else "row"
         bar = tqdm(
-            total=total, unit="B", unit_scale=True, desc=phase, disable=quiet, file=sys.stderr
+            total=total, unit=unit, unit_scale=True, desc=phase, disable=quiet, file=sys.stderr
         )
         bars.append(bar)
         return bar.update

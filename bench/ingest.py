@@ -16,7 +16,6 @@ import csv
 import json
 import os
 import platform
-import resource
 import socket
 import statistics
 import subprocess
@@ -106,26 +105,37 @@ def _prepare(url: str) -> None:
     engine.dispose()
 
 
+# Runs `nextbest import` in a child that reports its own peak RSS (RUSAGE_SELF) when it exits:
+# RUSAGE_CHILDREN in this process would give the maximum over every child so far.
+_IMPORT_WITH_PEAK = """
+import resource, sys
+from cli import main
+sys.argv = ["nextbest", "import", *sys.argv[1:]]
+try:
+    main()
+finally:
+    print("peak_kib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+"""
+
+
 def csv_import(url: str, path: Path, rows: int) -> dict[str, Any]:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
     done = subprocess.run(
-        [NEXTBEST, "import", str(path), "--db", url, "--quiet"],
+        [sys.executable, "-c", _IMPORT_WITH_PEAK, str(path), "--db", url, "--quiet"],
         capture_output=True,
         text=True,
         check=False,
+        cwd=ROOT,
     )
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(done.stderr or done.stdout)
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    peak_kib = int(done.stderr.rsplit("peak_kib", 1)[1].split()[0])
     return {
         "rows": rows,
         "seconds": round(seconds, 2),
         "triples_per_s": round(rows / seconds),
-        # ru_maxrss of children is the maximum over all children so far: report it only when it
-        # grew, which the ordering below (small files first) makes the case.
-        "peak_rss_mib": round(max(peak_kib, before) / 1024, 1),
+        "peak_rss_mib": round(peak_kib / 1024, 1),
     }
 
 

@@ -71,6 +71,9 @@ class ExperienceInfo:
     channels: tuple[str, ...]
 
 
+SEGMENT_MEMO_SIZE = 100_000
+
+
 @dataclass(frozen=True)
 class Catalog:
     """An immutable snapshot of everything a decision or an event needs from the catalog."""
@@ -83,10 +86,19 @@ class Catalog:
     epoch: dt.datetime
     half_life_days: float
     _spec_order: tuple[str, ...] = field(default=())
+    _segment_memo: dict[tuple[Any, ...], str] = field(default_factory=dict, compare=False)
 
     def finest_segment(self, attributes: Mapping[str, Any]) -> str:
-        """The cell key: every declared attribute binned, in name order."""
-        return segment_key(self.specs, self._spec_order, attributes)
+        """The cell key: every declared attribute binned, in name order (memoised: customers'
+        attribute values repeat, binning them is most of the cost of a large import)."""
+        values = tuple(attributes.get(name) for name in self._spec_order)
+        found = self._segment_memo.get(values)
+        if found is None:
+            if len(self._segment_memo) >= SEGMENT_MEMO_SIZE:
+                self._segment_memo.clear()
+            found = segment_key(self.specs, self._spec_order, attributes)
+            self._segment_memo[values] = found
+        return found
 
     def require_scale(self) -> Scale:
         if self.scale is None:

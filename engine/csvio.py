@@ -17,10 +17,12 @@ import csv
 import datetime as dt
 import hashlib
 import os
+import pickle
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Any, BinaryIO, Literal, TextIO
 
 from sqlalchemy import Engine, Table
 from sqlmodel import Session, col, select
@@ -180,35 +182,32 @@ def import_csv(
         resume_after = run.rows_committed if run is not None else 0
 
     rejected_path = Path(f"{path}.rejected.csv")
-    bad_lines = _validate(
-        kind,
-        catalog,
-        path,
-        summary,
-        skip_bad,
-        rejected_path,
-        progress("validate", size) if progress else None,
-    )
-    summary.rejected_path = str(rejected_path) if bad_lines else None
-
-    now = utcnow()
-    good_seen = 0
-    batch: list[Any] = []
-    tick = progress("import", size) if progress else None
-    for line, row in _rows(path, tick):
-        if line in bad_lines:
-            continue
-        good_seen += 1
-        if good_seen <= resume_after:
-            continue
-        batch.append(_parse_row(kind, catalog, row, now))
-        if len(batch) >= batch_size:
-            _store_batch(engine, kind, catalog, batch, sha, path, good_seen)
-            summary.batches += 1
-            batch = []
-    if batch or good_seen == resume_after:
-        _store_batch(engine, kind, catalog, batch, sha, path, good_seen)
-        summary.batches += 1
+    with tempfile.TemporaryFile(prefix="nextbest-import-") as spool:
+        bad_lines = _validate(
+            kind,
+            catalog,
+            path,
+            summary,
+            skip_bad,
+            rejected_path,
+            progress("validate", size) if progress else None,
+            spool=spool,
+            batch_size=batch_size,
+        )
+        summary.rejected_path = str(rejected_path) if bad_lines else None
+        good = summary.rows_read - len(bad_lines)
+        tick = progress("import", good) if progress else None
+        spool.seek(0)
+        good_seen = 0
+        for chunk in _spooled(spool):
+            start = good_seen
+            good_seen += len(chunk)
+            batch = chunk[max(resume_after - start, 0) :]
+            if batch:
+                _store_batch(engine, kind, catalog, batch, sha, path, good_seen)
+                summary.batches += 1
+            if tick is not None:
+                tick(len(chunk))
     with Session(engine) as session:
         run = _run(session, kind, sha, path)
         run.finished, run.finished_at = True, utcnow()
@@ -221,6 +220,14 @@ def import_csv(
     return summary
 
 
+def _spooled(spool: BinaryIO) -> Iterator[list[Any]]:
+    while True:
+        try:
+            yield pickle.load(spool)
+        except EOFError:
+            return
+
+
 def _validate(
     kind: ImportKind,
     catalog: Catalog,
@@ -229,10 +236,18 @@ def _validate(
     skip_bad: bool,
     rejected_path: Path,
     tick: Progress | None,
+    *,
+    spool: BinaryIO,
+    batch_size: int,
 ) -> set[int]:
-    """First pass: every row parses, or (``skip_bad``) the bad ones go to the side file."""
+    """First pass: every row parses, or (``skip_bad``) the bad ones go to the side file.
+
+    The parsed rows go to ``spool`` (a private temporary file) in batches, so the second pass
+    stores them without parsing the CSV again, in constant memory.
+    """
     now = utcnow()
     bad: set[int] = set()
+    parsed: list[Any] = []
     side: Any = None
     writer: Any = None
     try:
@@ -244,7 +259,10 @@ def _validate(
                 header_checked = True
             summary.rows_read += 1
             try:
-                _parse_row(kind, catalog, row, now)
+                parsed.append(_parse_row(kind, catalog, row, now))
+                if len(parsed) >= batch_size:
+                    pickle.dump(parsed, spool, protocol=pickle.HIGHEST_PROTOCOL)
+                    parsed = []
             except ImportFailed:
                 raise
             except InvalidInput as error:
@@ -268,6 +286,8 @@ def _validate(
                     ]
                 )
                 bad.add(line)
+        if parsed:
+            pickle.dump(parsed, spool, protocol=pickle.HIGHEST_PROTOCOL)
         if not header_checked:
             with path.open(newline="", encoding="utf-8-sig") as handle:
                 header = next(csv.reader(handle), [])
