@@ -24,7 +24,7 @@ from sqlmodel import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from engine import auth, catalog, customers, decisions, triples
+from engine import auth, catalog, customers, decisions, overrides, triples
 from engine.config import Settings
 from engine.db import migrate
 from engine.errors import NextbestError, TooLarge
@@ -53,6 +53,10 @@ from engine.schemas import (
     OutcomePublic,
     OutcomeScaleIn,
     OutcomeScalePublic,
+    OverrideIn,
+    OverridePublic,
+    ReactionIn,
+    ReactionPublic,
     Role,
     SegmentationIn,
     SegmentationPublic,
@@ -470,6 +474,39 @@ def _install_routes(app: FastAPI) -> None:
         body: DecisionIn, session: SessionDep, runtime: RuntimeDep, _: Decider
     ) -> DecisionPublic:
         return decisions.decide(session=session, runtime=runtime, decision_in=body)
+
+    @app.post("/v1/decisions/{decision_id}/override", status_code=201, tags=["decisions"])
+    def override_decision(
+        decision_id: str,
+        body: OverrideIn,
+        session: SessionDep,
+        runtime: RuntimeDep,
+        who: Decider,
+        response: Response,
+    ) -> OverridePublic:
+        row, created = overrides.override_decision(
+            session=session,
+            catalog=runtime.catalog(session),
+            decision_id=decision_id,
+            override_in=body,
+            actor=who.actor,
+        )
+        if not created:
+            response.status_code = 200
+            response.headers["Idempotent-Replayed"] = "true"
+        return row
+
+    @app.post("/v1/decisions/{decision_id}/reaction", status_code=201, tags=["decisions"])
+    def record_reaction(
+        decision_id: str, body: ReactionIn, session: SessionDep, _: Decider, response: Response
+    ) -> ReactionPublic:
+        row, created = overrides.record_reaction(
+            session=session, decision_id=decision_id, reaction_in=body
+        )
+        if not created:
+            response.status_code = 200
+            response.headers["Idempotent-Replayed"] = "true"
+        return row
 
     @app.post("/v1/outcomes", status_code=201, tags=["decisions"])
     def post_outcome(

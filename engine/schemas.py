@@ -359,6 +359,40 @@ class OutcomePublic(BaseModel):
     recorded_at: dt.datetime
 
 
+class OverrideIn(Strict):
+    experience: Key
+    note: str = Field(min_length=1, max_length=2000, description="Why the agent chose otherwise")
+    agent_id: str | None = Field(default=None, max_length=128)
+    reason_code: Key | None = None
+
+    @field_validator("note")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("a note is required: say why you chose otherwise")
+        return value.strip()
+
+
+class OverridePublic(BaseModel):
+    decision_id: str
+    engine_experience: str
+    experience: str
+    note: str
+    reason_code: str | None
+    agent_id: str | None
+    created_at: dt.datetime
+
+
+class ReactionIn(Strict):
+    reaction: Reaction
+
+
+class ReactionPublic(BaseModel):
+    decision_id: str
+    reaction: Reaction
+    created_at: dt.datetime
+
+
 # Keys -----------------------------------------------------------------------------------------
 
 
