@@ -231,6 +231,34 @@ def simulate(
         )
 
 
+@app.command()
+def settle(
+    db: DbOption = None,
+    batch: Annotated[
+        int, typer.Option(min=1, max=100_000, help="Decisions per transaction")
+    ] = 5000,
+) -> None:
+    """Settle decisions whose outcome never arrived to the scale's default result."""
+    from sqlmodel import Session
+
+    from engine.catalog import load_catalog
+    from engine.models import utcnow
+    from engine.settle import settle_due
+
+    total = 0
+    with _database(db) as engine:
+        while True:
+            with Session(engine, expire_on_commit=False) as session:
+                settled = settle_due(
+                    session=session, catalog=load_catalog(session), now=utcnow(), limit=batch
+                )
+                session.commit()
+            total += settled
+            if settled < batch:
+                break
+    typer.echo(f"settled {total} decisions to the default result")
+
+
 @keys_app.command("create")
 def keys_create(
     role: Annotated[str, typer.Option(help="agent, marketer, service or admin")],
