@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, Column, Dialect, Index, UniqueConstraint
+from sqlalchemy import JSON, Column, Dialect, Index, UniqueConstraint, text
 from sqlalchemy import DateTime as _DateTime
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
@@ -175,12 +175,28 @@ class Outcome(SQLModel, table=True):
     """A result: of a logged decision, or a historical triple (no decision)."""
 
     __tablename__ = "outcomes"
-    __table_args__ = (Index("ix_outcomes_customer_occurred", "customer_id", "occurred_at"),)
+    # Most results (historical triples) have neither a decision nor an idempotency key: partial
+    # unique indexes leave those rows out, which halves the index work of a large import.
+    __table_args__ = (
+        Index("ix_outcomes_customer_occurred", "customer_id", "occurred_at"),
+        Index(
+            "ux_outcomes_decision",
+            "decision_id",
+            unique=True,
+            sqlite_where=text("decision_id IS NOT NULL"),
+            postgresql_where=text("decision_id IS NOT NULL"),
+        ),
+        Index(
+            "ux_outcomes_idempotency_key",
+            "idempotency_key",
+            unique=True,
+            sqlite_where=text("idempotency_key IS NOT NULL"),
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+        ),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
-    decision_id: str | None = Field(
-        default=None, foreign_key="decisions.id", max_length=36, unique=True
-    )
+    decision_id: str | None = Field(default=None, foreign_key="decisions.id", max_length=36)
     customer_id: str = Field(foreign_key="customers.id", max_length=128)
     experience_key: str = Field(foreign_key="experiences.key", max_length=64)
     result: str = Field(max_length=64)
@@ -192,7 +208,7 @@ class Outcome(SQLModel, table=True):
     exposure: int = 0
     """How many earlier results this customer had with this experience."""
     source: str = Field(max_length=16)
-    idempotency_key: str | None = Field(default=None, max_length=200, unique=True)
+    idempotency_key: str | None = Field(default=None, max_length=200)
     request_hash: str | None = Field(default=None, max_length=64)
 
 
