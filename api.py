@@ -443,9 +443,7 @@ def _install_routes(app: FastAPI) -> None:
         catalog_now = runtime.catalog(session)
         triple = triples.parse_event(catalog_now, body.model_dump(exclude_none=True), now=utcnow())
         (row,) = triples.store_triples(session, catalog=catalog_now, triples=[triple])
-        if row.replayed:
-            response.status_code = 200
-            response.headers["Idempotent-Replayed"] = "true"
+        _mark_replay(response, created=not row.replayed)
         runtime.wrote_stats()
         return _event_public(row)
 
@@ -491,9 +489,7 @@ def _install_routes(app: FastAPI) -> None:
             override_in=body,
             actor=who.actor,
         )
-        if not created:
-            response.status_code = 200
-            response.headers["Idempotent-Replayed"] = "true"
+        _mark_replay(response, created=created)
         return row
 
     @app.post("/v1/decisions/{decision_id}/reaction", status_code=201, tags=["decisions"])
@@ -503,9 +499,7 @@ def _install_routes(app: FastAPI) -> None:
         row, created = overrides.record_reaction(
             session=session, decision_id=decision_id, reaction_in=body
         )
-        if not created:
-            response.status_code = 200
-            response.headers["Idempotent-Replayed"] = "true"
+        _mark_replay(response, created=created)
         return row
 
     @app.post("/v1/outcomes", status_code=201, tags=["decisions"])
@@ -515,9 +509,7 @@ def _install_routes(app: FastAPI) -> None:
         outcome, created = decisions.record_outcome(
             session=session, runtime=runtime, outcome_in=body
         )
-        if not created:
-            response.status_code = 200
-            response.headers["Idempotent-Replayed"] = "true"
+        _mark_replay(response, created=created)
         return outcome
 
     # Keys
@@ -537,6 +529,13 @@ def _install_routes(app: FastAPI) -> None:
     def revoke_key(key_id: int, session: SessionDep, who: Admin) -> ApiKeyPublic:
         row = auth.revoke_key(session=session, key_id=key_id, actor=who.actor)
         return ApiKeyPublic.model_validate(row, from_attributes=True)
+
+
+def _mark_replay(response: Response, *, created: bool) -> None:
+    """A repeat that stored nothing answers 200 with the first answer, and says so."""
+    if not created:
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
 
 
 def _event_public(row: triples.StoredTriple) -> EventPublic:
