@@ -47,6 +47,12 @@ def _json(**kwargs: Any) -> Any:
     return Field(sa_column=Column(JSON, **kwargs))
 
 
+def _unique_when_set(name: str, column: str) -> Index:
+    """A unique index over the rows where ``column`` is not NULL (SQLite and PostgreSQL)."""
+    where = text(f"{column} IS NOT NULL")
+    return Index(name, column, unique=True, sqlite_where=where, postgresql_where=where)
+
+
 class AttributeSpecRow(SQLModel, table=True):
     __tablename__ = "attribute_specs"
 
@@ -176,23 +182,11 @@ class Outcome(SQLModel, table=True):
 
     __tablename__ = "outcomes"
     # Most results (historical triples) have neither a decision nor an idempotency key: partial
-    # unique indexes leave those rows out, which halves the index work of a large import.
+    # unique indexes leave those rows out of both indexes.
     __table_args__ = (
         Index("ix_outcomes_customer_occurred", "customer_id", "occurred_at"),
-        Index(
-            "ux_outcomes_decision",
-            "decision_id",
-            unique=True,
-            sqlite_where=text("decision_id IS NOT NULL"),
-            postgresql_where=text("decision_id IS NOT NULL"),
-        ),
-        Index(
-            "ux_outcomes_idempotency_key",
-            "idempotency_key",
-            unique=True,
-            sqlite_where=text("idempotency_key IS NOT NULL"),
-            postgresql_where=text("idempotency_key IS NOT NULL"),
-        ),
+        _unique_when_set("ux_outcomes_decision", "decision_id"),
+        _unique_when_set("ux_outcomes_idempotency_key", "idempotency_key"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
