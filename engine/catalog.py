@@ -91,7 +91,7 @@ class Catalog:
     def finest_segment(self, attributes: Mapping[str, Any]) -> str:
         """The cell key: every declared attribute binned, in name order (memoised: customers'
         attribute values repeat, binning them is most of the cost of a large import)."""
-        values = tuple(attributes.get(name) for name in self._spec_order)
+        values = tuple(map(attributes.get, self._spec_order))
         found = self._segment_memo.get(values)
         if found is None:
             if len(self._segment_memo) >= SEGMENT_MEMO_SIZE:
