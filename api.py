@@ -8,14 +8,16 @@ Every route names the roles it admits through ``Allow``; admin passes everywhere
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Path, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
@@ -40,6 +42,8 @@ from engine.schemas import (
     CustomerIn,
     CustomerPublic,
     CustomersPublic,
+    DecayIn,
+    DecayPublic,
     DecisionIn,
     DecisionPublic,
     EventIn,
@@ -61,6 +65,7 @@ from engine.schemas import (
     SegmentationIn,
     SegmentationPublic,
 )
+from engine.settle import maintain
 
 log = logging.getLogger("nextbest.api")
 
@@ -263,7 +268,13 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         start(runtime)
-        yield
+        upkeep = asyncio.create_task(_maintenance(runtime))
+        try:
+            yield
+        finally:
+            upkeep.cancel()
+            with suppress(asyncio.CancelledError):
+                await upkeep
 
     app = FastAPI(
         title="nextbest",
@@ -292,6 +303,23 @@ def start(runtime: Runtime) -> None:
         if key:
             auth.ensure_key(session=session, key=key, role="admin", name="bootstrap-admin")
         session.commit()
+
+
+async def _maintenance(runtime: Runtime) -> None:
+    """Settle overdue decisions every ``maintenance_seconds`` (in a thread: it is blocking I/O)."""
+    interval = runtime.settings.maintenance_seconds
+    if interval <= 0:
+        return
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            upkeep = await run_in_threadpool(maintain, runtime.engine, now=utcnow())
+        except Exception:  # the loop must outlive a failed round; the next one retries
+            log.exception("maintenance failed")
+            continue
+        if upkeep.settled or upkeep.rebased:
+            runtime.wrote_stats()
+            log.info("settled %d overdue decisions", upkeep.settled)
 
 
 def _install_routes(app: FastAPI) -> None:
@@ -394,6 +422,16 @@ def _install_routes(app: FastAPI) -> None:
     ) -> SegmentationPublic:
         row = catalog.put_segmentation(session=session, segmentation_in=body, actor=who.actor)
         return SegmentationPublic.model_validate(row, from_attributes=True)
+
+    # Decay of evidence
+    @app.get("/v1/decay", tags=["catalog"])
+    def get_decay(session: SessionDep, _: AnyRole) -> DecayPublic:
+        return DecayPublic.model_validate(catalog.engine_state(session), from_attributes=True)
+
+    @app.put("/v1/decay", tags=["catalog"])
+    def put_decay(body: DecayIn, session: SessionDep, who: Marketer) -> DecayPublic:
+        state = catalog.put_decay(session=session, decay_in=body, actor=who.actor)
+        return DecayPublic.model_validate(state, from_attributes=True)
 
     # Customers
     @app.get("/v1/customers", tags=["customers"])

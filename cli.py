@@ -238,25 +238,16 @@ def settle(
         int, typer.Option(min=1, max=100_000, help="Decisions per transaction")
     ] = 5000,
 ) -> None:
-    """Settle decisions whose outcome never arrived to the scale's default result."""
-    from sqlmodel import Session
-
-    from engine.catalog import load_catalog
+    """Settle decisions whose outcome never arrived to the scale's default result (and re-base
+    the decay epoch when it is due)."""
     from engine.models import utcnow
-    from engine.settle import settle_due
+    from engine.settle import maintain
 
-    total = 0
     with _database(db) as engine:
-        while True:
-            with Session(engine, expire_on_commit=False) as session:
-                settled = settle_due(
-                    session=session, catalog=load_catalog(session), now=utcnow(), limit=batch
-                )
-                session.commit()
-            total += settled
-            if settled < batch:
-                break
-    typer.echo(f"settled {total} decisions to the default result")
+        upkeep = maintain(engine, now=utcnow(), batch=batch)
+    typer.echo(f"settled {upkeep.settled} decisions to the default result")
+    if upkeep.rebased:
+        typer.echo("re-based the decay epoch to today")
 
 
 @keys_app.command("create")

@@ -30,6 +30,11 @@ class Settings(BaseSettings):
     stats_refresh_seconds: float = Field(
         default=2.0, ge=0, description="Longest a worker serves statistics without re-reading"
     )
+    maintenance_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="How often each worker settles overdue decisions in the background (0: never)",
+    )
     max_body_bytes: int = Field(
         default=16 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above)"
     )

@@ -217,6 +217,17 @@ class SegmentationPublic(BaseModel):
     updated_at: dt.datetime
 
 
+class DecayIn(Strict):
+    half_life_days: float = Field(
+        gt=0, le=36_500, description="Days after which a result counts half as much as a new one"
+    )
+
+
+class DecayPublic(BaseModel):
+    half_life_days: float
+    epoch: dt.datetime
+
+
 # Customers ------------------------------------------------------------------------------------
 
 Attributes = Annotated[dict[str, Any], Field(max_length=100)]

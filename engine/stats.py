@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
-from sqlalchemy import Table, delete
+from sqlalchemy import Table, delete, update
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
@@ -166,6 +166,13 @@ def rebuild_cells(*, session: Session, catalog: Catalog) -> int:
     session.execute(delete(CellStat))
     apply_increments(session, sums)
     return len(sums)
+
+
+def scale_cells(session: Session, factor: float) -> None:
+    """Multiply every stored weight and sum by ``factor`` (a re-base of the epoch)."""
+    table: Table = CellStat.__table__  # type: ignore[attr-defined]
+    names = ("weight", "value_weight", "value_sum", "cost_weight", "cost_sum")
+    session.execute(update(table).values({name: table.c[name] * factor for name in names}))
 
 
 def drift(

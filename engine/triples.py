@@ -21,7 +21,7 @@ from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, func, insert, select
 
 from engine import stats
-from engine.catalog import Catalog
+from engine.catalog import Catalog, current_catalog
 from engine.customers import clean_attributes
 from engine.db import add_exposures, dialect_insert, execute_many
 from engine.errors import Conflict, InvalidInput
@@ -196,6 +196,7 @@ def store_triples(
     """
     if not triples:
         return []
+    catalog = current_catalog(session, catalog)
     triples = [
         replace(t, request_hash=request_hash(t))
         if t.idempotency_key is not None and t.request_hash is None
