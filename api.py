@@ -26,7 +26,7 @@ from sqlmodel import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from engine import auth, catalog, customers, decisions, overrides, triples
+from engine import auth, catalog, customers, decisions, insights, overrides, triples
 from engine.config import Settings
 from engine.db import migrate
 from engine.errors import NextbestError, TooLarge
@@ -64,6 +64,8 @@ from engine.schemas import (
     Role,
     SegmentationIn,
     SegmentationPublic,
+    SegmentInsights,
+    WorklistPublic,
 )
 from engine.settle import maintain
 
@@ -120,6 +122,7 @@ Marketer = Annotated[Principal, Depends(Allow("marketer"))]
 Service = Annotated[Principal, Depends(Allow("service"))]
 CustomerReader = Annotated[Principal, Depends(Allow("agent", "marketer", "service"))]
 Decider = Annotated[Principal, Depends(Allow("agent", "service"))]
+WorklistReader = Annotated[Principal, Depends(Allow("agent", "marketer"))]
 Admin = Annotated[Principal, Depends(Allow())]
 
 
@@ -432,6 +435,49 @@ def _install_routes(app: FastAPI) -> None:
     def put_decay(body: DecayIn, session: SessionDep, who: Marketer) -> DecayPublic:
         state = catalog.put_decay(session=session, decay_in=body, actor=who.actor)
         return DecayPublic.model_validate(state, from_attributes=True)
+
+    # Insights
+    @app.get("/v1/insights/segments", tags=["insights"])
+    def segment_insights(
+        session: SessionDep,
+        runtime: RuntimeDep,
+        _: Marketer,
+        exposure: Annotated[
+            int, Query(ge=0, le=2, description="Earlier exposures: 0, 1, or 2 meaning 2+")
+        ] = 0,
+        depth: Annotated[int | None, Query(ge=0, le=8, description="Deepest level shown")] = None,
+    ) -> SegmentInsights:
+        report = insights.segment_insights(
+            session=session, runtime=runtime, exposure=exposure, max_depth=depth
+        )
+        return SegmentInsights.model_validate(report)
+
+    @app.get("/v1/worklist", tags=["insights"])
+    def worklist(
+        session: SessionDep,
+        runtime: RuntimeDep,
+        _: WorklistReader,
+        where: Annotated[
+            str | None,
+            Query(max_length=2000, description='A rule condition, e.g. plan == "basic"'),
+        ] = None,
+        experience: Annotated[
+            str | None, Query(max_length=64, description="Only customers whose best is this")
+        ] = None,
+        min_gain: Annotated[float | None, Query(ge=-1e12, le=1e12)] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
+    ) -> WorklistPublic:
+        page = insights.worklist(
+            session=session,
+            runtime=runtime,
+            where=where,
+            experience=experience,
+            min_gain=min_gain,
+            limit=limit,
+            offset=offset,
+        )
+        return WorklistPublic.model_validate(page)
 
     # Customers
     @app.get("/v1/customers", tags=["customers"])

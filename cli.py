@@ -250,6 +250,77 @@ def settle(
         typer.echo("re-based the decay epoch to today")
 
 
+SCORE_COLUMNS = (
+    "customer_id",
+    "name",
+    "segment",
+    "best_experience",
+    "best_net_value",
+    "control_experience",
+    "control_net_value",
+    "gain",
+    "uplift",
+    "cost",
+    "value_at_stake",
+)
+
+
+@app.command()
+def score(
+    out: Annotated[Path, typer.Argument(help="CSV file to write ('-': standard output)")],
+    db: DbOption = None,
+    where: Annotated[
+        str | None, typer.Option(help='Only customers matching a rule, e.g. plan == "basic"')
+    ] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar")] = False,
+) -> None:
+    """Score every customer: the best experience, its expected gain over the control, uplift,
+    cost and value at stake (what GET /v1/worklist ranks by), one CSV row per customer."""
+    import csv
+
+    from sqlmodel import func, select
+
+    from engine.errors import NextbestError
+    from engine.insights import control_key, customer_chunks, iter_scores, where_predicate
+    from engine.models import Customer
+    from engine.runtime import Runtime
+
+    with _database(db) as engine:
+        runtime = Runtime(_settings(db), engine=engine)
+        with runtime.session() as session:
+            total = session.exec(select(func.count()).select_from(Customer)).one()
+            written = 0
+            try:
+                predicate = where_predicate(runtime.catalog(session), where)
+                control_key(runtime.catalog(session))
+            except NextbestError as error:
+                raise _fail(error.message) from None
+            handle = sys.stdout if str(out) == "-" else out.open("w", newline="")
+            try:
+                bar = tqdm(
+                    total=total, desc="score", unit="customer", disable=quiet, file=sys.stderr
+                )
+                writer = csv.writer(handle, lineterminator="\n")
+                writer.writerow(SCORE_COLUMNS)
+
+                def chunks() -> Iterator[list[Customer]]:
+                    for customers in customer_chunks(session):
+                        bar.update(len(customers))
+                        yield [c for c in customers if predicate is None or predicate(c.attributes)]
+
+                for row in iter_scores(session=session, runtime=runtime, chunks=chunks()):
+                    values = row.as_dict()
+                    writer.writerow(["" if values[c] is None else values[c] for c in SCORE_COLUMNS])
+                    written += 1
+                bar.close()
+            except NextbestError as error:
+                raise _fail(error.message) from None
+            finally:
+                if handle is not sys.stdout:
+                    handle.close()
+    typer.echo(f"scored {written} customers of {total}", err=True)
+
+
 @keys_app.command("create")
 def keys_create(
     role: Annotated[str, typer.Option(help="agent, marketer, service or admin")],

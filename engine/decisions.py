@@ -10,6 +10,7 @@ delivered.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -51,8 +52,15 @@ def decide(*, session: Session, runtime: Runtime, decision_in: DecisionIn) -> De
     snapshot = runtime.stats(session, catalog)
     path = segment_path(catalog.specs, catalog.segmentation, attributes)
     exposures = customer_exposures(session, customer.id)
-    alpha, net, evidence = _posterior_inputs(
-        catalog, snapshot, keys, attributes, path, exposures, decision_in
+    alpha, net, evidence = posterior_inputs(
+        catalog,
+        snapshot,
+        keys,
+        attributes,
+        path,
+        exposures,
+        values=decision_in.values,
+        costs=decision_in.costs,
     )
     draws = posterior.dirichlet_draws(alpha, runtime.settings.posterior_draws, runtime.rng)
     value_draws = np.einsum("skl,kl->sk", draws, net)
@@ -153,17 +161,20 @@ def customer_exposures(session: Session, customer_id: str) -> dict[str, int]:
     return {key: count for key, count in rows.all()}  # noqa: C416  (Row -> pair)
 
 
-def _posterior_inputs(
+def posterior_inputs(
     catalog: Catalog,
     snapshot: StatsSnapshot,
     keys: list[str],
-    attributes: dict[str, Any],
+    attributes: Mapping[str, Any],
     path: list[str],
-    exposures: dict[str, int],
-    decision_in: DecisionIn,
+    exposures: Mapping[str, int],
+    *,
+    values: Mapping[str, float] | None = None,
+    costs: Mapping[str, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
     """Dirichlet parameters and per-level net values for the candidates, both shape (K, L), and
-    the evidence behind each: the cell of the segment tree the posterior comes from.
+    the evidence behind each: the cell of the segment tree the posterior comes from. ``values``
+    and ``costs`` override level values and experience costs (one decision's overrides).
 
     Each candidate's posterior is that of the deepest cell with data on the customer's segment
     path, in the customer's exposure bucket for that experience (engine.hierarchy).
@@ -186,14 +197,14 @@ def _posterior_inputs(
                 "n": round(float(counts.sum()), 2) if counts is not None else 0.0,
             }
         )
-    values = level_values(scale, attributes, decision_in.values)
+    worth = level_values(scale, attributes, values)
     net = np.empty((len(keys), n_levels))
     for k, (key, s) in enumerate(zip(keys, per_experience, strict=True)):
         learned = np.divide(
             s.value_sums, s.value_weights, out=np.zeros(n_levels), where=s.value_weights > 0
         )
-        v = np.where(np.isnan(values), learned, values)
-        net[k] = v - cost_by_level(catalog.experiences[key], scale, attributes, decision_in.costs)
+        v = np.where(np.isnan(worth), learned, worth)
+        net[k] = v - cost_by_level(catalog.experiences[key], scale, attributes, costs)
     return alpha, net, evidence
 
 

@@ -423,3 +423,55 @@ class ApiKeyPublic(BaseModel):
 
 class ApiKeyCreated(ApiKeyPublic):
     key: str = Field(description="Shown once; only its hash is stored")
+
+
+# Insights --------------------------------------------------------------------------------------
+
+
+class NodeExperience(BaseModel):
+    experience: str
+    n: float = Field(description="Decayed number of results in this cell")
+    distribution: dict[str, float] = Field(description="Posterior mean of each result level")
+    expected_net_value: float
+    ci90: tuple[float, float]
+    p_best: float = Field(description="P(this experience is best at this node)")
+
+
+class SegmentNode(BaseModel):
+    segment: str = Field(description='"" is everyone; "plan=basic|tenure_months=<12" a path')
+    depth: int
+    experiences: list[NodeExperience]
+
+
+class SegmentInsights(BaseModel):
+    segmentation: list[str]
+    exposure: int
+    levels: list[str]
+    half_life_days: float
+    as_of: dt.datetime
+    kappas: list[float] = Field(description="Fitted prior concentration per depth")
+    nodes: list[SegmentNode]
+
+
+class CustomerScorePublic(BaseModel):
+    customer_id: str
+    name: str | None
+    attributes: dict[str, Any]
+    segment: str
+    best_experience: str
+    best_net_value: float
+    control_experience: str
+    control_net_value: float
+    gain: float = Field(description="Expected net value of the best experience over the control")
+    uplift: float = Field(description="Expected gross value of the best over the control")
+    cost: float = Field(description="Expected cost of the best experience")
+    value_at_stake: float = Field(
+        description="Under the control: P(worst result) x the other results' worth over it"
+    )
+
+
+class WorklistPublic(BaseModel):
+    items: list[CustomerScorePublic]
+    matched: int = Field(description="Customers that pass the filters")
+    next_offset: int | None
+    as_of: dt.datetime
