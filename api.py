@@ -62,12 +62,19 @@ from engine.schemas import (
     ReactionIn,
     ReactionPublic,
     Role,
+    RulesetCompileIn,
+    RulesetDiff,
+    RulesetPublic,
+    RulesetsPublic,
+    RulesetSummary,
     SegmentationIn,
     SegmentationPublic,
     SegmentInsights,
     WorklistPublic,
 )
 from engine.settle import maintain
+from rules import versions
+from rules.compiler import Settings as CompileSettings
 
 log = logging.getLogger("nextbest.api")
 
@@ -425,6 +432,68 @@ def _install_routes(app: FastAPI) -> None:
     ) -> SegmentationPublic:
         row = catalog.put_segmentation(session=session, segmentation_in=body, actor=who.actor)
         return SegmentationPublic.model_validate(row, from_attributes=True)
+
+    # Rule sets
+    @app.post("/v1/rulesets:compile", tags=["rules"], status_code=201)
+    def compile_ruleset(
+        session: SessionDep,
+        runtime: RuntimeDep,
+        who: Marketer,
+        body: RulesetCompileIn | None = None,
+    ) -> RulesetPublic:
+        body = body or RulesetCompileIn()
+        row = versions.compile_version(
+            session=session,
+            runtime=runtime,
+            settings=CompileSettings(
+                budget=body.budget, min_support=body.min_support, seed=body.seed
+            ),
+            actor=who.actor,
+        )
+        return RulesetPublic.model_validate(row, from_attributes=True)
+
+    @app.get("/v1/rulesets", tags=["rules"])
+    def list_rulesets(
+        session: SessionDep,
+        _: AnyRole,
+        limit: Annotated[int, Query(ge=1, le=200)] = 50,
+        before: Annotated[int | None, Query(ge=1)] = None,
+    ) -> RulesetsPublic:
+        rows = versions.list_versions(session=session, limit=limit + 1, before=before)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return RulesetsPublic(
+            data=[RulesetSummary.model_validate(r, from_attributes=True) for r in rows],
+            next_before=rows[-1].version if more and rows else None,
+        )
+
+    @app.get("/v1/rulesets/{version}", tags=["rules"])
+    def get_ruleset(
+        version: Annotated[int, Path(ge=1)], session: SessionDep, _: AnyRole
+    ) -> RulesetPublic:
+        row = versions.get_version(session=session, version=version)
+        return RulesetPublic.model_validate(row, from_attributes=True)
+
+    @app.get("/v1/rulesets/{a}/diff/{b}", tags=["rules"])
+    def diff_rulesets(
+        a: Annotated[int, Path(ge=1)],
+        b: Annotated[int, Path(ge=1)],
+        session: SessionDep,
+        _: AnyRole,
+    ) -> RulesetDiff:
+        return RulesetDiff.model_validate(
+            versions.diff(
+                versions.get_version(session=session, version=a, field="a"),
+                versions.get_version(session=session, version=b, field="b"),
+            )
+        )
+
+    @app.post("/v1/rulesets/{version}:activate", tags=["rules"])
+    def activate_ruleset(
+        version: Annotated[int, Path(ge=1)], session: SessionDep, who: Marketer
+    ) -> RulesetPublic:
+        row = versions.activate(session=session, version=version, actor=who.actor)
+        return RulesetPublic.model_validate(row, from_attributes=True)
 
     # Decay of evidence
     @app.get("/v1/decay", tags=["catalog"])

@@ -220,7 +220,8 @@ def _scale_from_row(row: OutcomeScaleRow) -> Scale:
     )
 
 
-def _bump(session: Session) -> None:
+def bump_catalog(session: Session) -> None:
+    """Move the catalog version: every worker reloads its catalog (and what hangs on it)."""
     engine_state(session)
     session.execute(
         update(EngineState)
@@ -271,7 +272,7 @@ def put_outcome_scale(*, session: Session, scale_in: OutcomeScaleIn, actor: str)
     row.default_result = scale_in.default_result
     row.updated_at = utcnow()
     session.add(row)
-    _bump(session)
+    bump_catalog(session)
     audit.record(
         session,
         actor=actor,
@@ -349,7 +350,7 @@ def put_attribute_specs(
     session.flush()
     _check_experience_rules(session)
     after = {row.name: _spec_dump(row) for row in list_attribute_specs(session=session)}
-    _bump(session)
+    bump_catalog(session)
     audit.record(
         session,
         actor=actor,
@@ -447,7 +448,7 @@ def create_experience(
     row = Experience(**experience_in.model_dump())
     session.add(row)
     session.flush()
-    _bump(session)
+    bump_catalog(session)
     audit.record(
         session,
         actor=actor,
@@ -476,7 +477,7 @@ def update_experience(
     row.updated_at = utcnow()
     session.add(row)
     session.flush()
-    _bump(session)
+    bump_catalog(session)
     audit.record(
         session,
         actor=actor,
@@ -559,7 +560,7 @@ def put_segmentation(
     row.auto = segmentation_in.auto
     row.updated_at = utcnow()
     session.add(row)
-    _bump(session)
+    bump_catalog(session)
     audit.record(
         session,
         actor=actor,
@@ -584,7 +585,9 @@ def put_decay(*, session: Session, decay_in: DecayIn, actor: str) -> EngineState
     (a weighted sum of the old powers cannot be re-weighted), at a fresh epoch."""
     from engine import stats
 
-    _bump(session)  # first: writers of statistics wait for this transaction (current_catalog)
+    bump_catalog(
+        session
+    )  # first: writers of statistics wait for this transaction (current_catalog)
     state = engine_state(session)
     session.refresh(state)
     before = {"half_life_days": state.half_life_days, "epoch": state.epoch.isoformat()}
@@ -616,7 +619,7 @@ def rebase_if_due(*, session: Session, now: dt.datetime) -> bool:
     half_lives = (now - state.epoch).total_seconds() / 86400.0 / state.half_life_days
     if half_lives < REBASE_AFTER_HALF_LIVES:
         return False
-    _bump(session)
+    bump_catalog(session)
     session.refresh(state)
     new_epoch = _midnight(now)
     stats.scale_cells(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,7 @@ from engine.schemas import (
     OutcomeIn,
     OutcomePublic,
     RankedExperience,
+    RulePublic,
 )
 from engine.stats import exposure_bucket
 from engine.triples import StoredTriple, Triple, store_triples
@@ -65,16 +67,22 @@ def decide(*, session: Session, runtime: Runtime, decision_in: DecisionIn) -> De
     draws = posterior.dirichlet_draws(alpha, runtime.settings.posterior_draws, runtime.rng)
     value_draws = np.einsum("skl,kl->sk", draws, net)
     summary = posterior.summarize(alpha, net, value_draws)
-    explore = 0.0 if decision_in.exploit else runtime.settings.min_exploration
+    rule = None if decision_in.exploit else _rule_for(session, runtime, catalog, attributes, keys)
     if decision_in.exploit:
         chosen, source = int(np.argmax(summary.mean)), "exploit"
         propensity = 1.0
     else:
+        explore = runtime.settings.min_exploration
+        # The policy: with probability ``explore`` a uniform pick, else Thompson sampling over the
+        # experiences the fired rule allows (all eligible ones when no rule applies).
+        allowed = rule.allowed if rule is not None else list(range(len(keys)))
+        q = posterior.p_best_among(value_draws, allowed)
         if runtime.rng.random() < explore:
             chosen, source = int(runtime.rng.integers(len(keys))), "explore"
         else:
-            chosen, source = int(np.argmax(value_draws[0])), "thompson"
-        propensity = posterior.thompson_propensity(summary.p_best, chosen, explore=explore)
+            chosen = allowed[int(np.argmax(value_draws[0, allowed]))]
+            source = "rule" if rule is not None else "thompson"
+        propensity = posterior.thompson_propensity(q, chosen, explore=explore)
     order = np.argsort(-summary.mean, kind="stable")
     ranked = [
         RankedExperience(
@@ -97,6 +105,8 @@ def decide(*, session: Session, runtime: Runtime, decision_in: DecisionIn) -> De
         experience_key=keys[chosen],
         propensity=propensity,
         source=source,
+        rule_id=rule.rule_id if rule else None,
+        ruleset_version=rule.version if rule else None,
         overrides={"values": decision_in.values or {}, "costs": decision_in.costs or {}},
     )
     session.add(decision)
@@ -107,7 +117,7 @@ def decide(*, session: Session, runtime: Runtime, decision_in: DecisionIn) -> De
         experience=decision.experience_key,
         propensity=round(propensity, 6),
         source=source,
-        rule=None,
+        rule=RulePublic(id=rule.rule_id, version=rule.version, text=rule.text) if rule else None,
         experiment=None,
         ranked=ranked[: decision_in.top_k],
         segment=decision.segment,
@@ -123,6 +133,35 @@ def decide(*, session: Session, runtime: Runtime, decision_in: DecisionIn) -> De
         ),
         created_at=decision.created_at,
     )
+
+
+@dataclass(frozen=True)
+class _FiredRule:
+    version: int
+    rule_id: str
+    text: str
+    allowed: list[int]
+    """Indexes into the candidates of the experiences the rule lets the engine choose from."""
+
+
+def _rule_for(
+    session: Session,
+    runtime: Runtime,
+    catalog: Catalog,
+    attributes: Mapping[str, Any],
+    keys: list[str],
+) -> _FiredRule | None:
+    """The active rule set's rule for this customer, if one fires and allows an eligible
+    experience (else the engine chooses among all eligible ones)."""
+    active = runtime.rules(session, catalog)
+    index = active.first(attributes) if active is not None else None
+    if active is None or index is None:
+        return None
+    rule = active.rules[index]
+    allowed = [k for k, key in enumerate(keys) if key in rule["contenders"]]
+    if not allowed:
+        return None
+    return _FiredRule(active.version, rule["rule_id"], active.texts[index], allowed)
 
 
 def _check_overrides(catalog: Catalog, decision_in: DecisionIn) -> None:

@@ -65,7 +65,7 @@ def seed_demo(
             return False
     world = make_world(seed)
     rng = np.random.default_rng(seed)
-    people, triples = world.historical_log(n_customers, n_triples, rng, end=_end_of_yesterday())
+    people, triples = world.historical_log(n_customers, n_triples, rng, end=end_of_yesterday())
     actor = "system:demo"
     with Session(engine, expire_on_commit=False) as session:
         catalog.put_attribute_specs(
@@ -114,11 +114,11 @@ def seed_demo(
         _ensure_keys(session)
         session.commit()
     _load_customers(engine, people, progress)
-    _load_triples(engine, triples, progress)
+    load_triples(engine, triples, progress)
     return True
 
 
-def _end_of_yesterday() -> dt.datetime:
+def end_of_yesterday() -> dt.datetime:
     return utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
 
 
@@ -147,7 +147,7 @@ def _load_customers(
         bar.close()
 
 
-def _load_triples(engine: Engine, triples: list[dict[str, Any]], progress: Progress | None) -> None:
+def load_triples(engine: Engine, triples: list[dict[str, Any]], progress: Progress | None) -> None:
     bar = progress(len(triples), "triples") if progress else None
     now = utcnow()
     for start in range(0, len(triples), 5000):

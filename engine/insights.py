@@ -64,7 +64,7 @@ def segment_insights(
     scale = catalog.require_scale()
     snapshot = runtime.stats(session, catalog)
     depth_limit = len(catalog.segmentation) if max_depth is None else max_depth
-    money = _node_money(session, snapshot, catalog)
+    money = node_money(session, snapshot, catalog)
     rng = np.random.default_rng(seed)
     nodes: dict[str, list[tuple[str, np.ndarray, np.ndarray]]] = defaultdict(list)
     for (node, key, bucket), counts in snapshot.tree.counts.items():
@@ -79,7 +79,7 @@ def segment_insights(
         cells = sorted(nodes[node])
         keys = [key for key, _, _ in cells]
         alpha = np.array([a for _, a, _ in cells])
-        net = np.array([_net_at_node(catalog, money, node, key) for key in keys])
+        net = np.array([net_at_node(catalog, money, node, key) for key in keys])
         draws = posterior.dirichlet_draws(alpha, INSIGHT_DRAWS, rng)
         summary = posterior.summarize(alpha, net, np.einsum("skl,kl->sk", draws, net))
         means = posterior.dirichlet_mean(alpha)
@@ -122,7 +122,7 @@ def _depth(node: str) -> int:
 
 
 @dataclass(frozen=True)
-class _Money:
+class NodeMoney:
     """What a result is worth and an experience costs at each node.
 
     value_weights, value_sums: realised values per (node, experience), shape (L,), for levels
@@ -135,7 +135,7 @@ class _Money:
     attribute_means: Mapping[str, Mapping[str, float]]
 
 
-def _node_money(session: Session, snapshot: StatsSnapshot, catalog: Catalog) -> _Money:
+def node_money(session: Session, snapshot: StatsSnapshot, catalog: Catalog) -> NodeMoney:
     table = snapshot.table
     labels = catalog.require_scale().labels
     level_of = {label: i for i, label in enumerate(labels)}
@@ -151,7 +151,7 @@ def _node_money(session: Session, snapshot: StatsSnapshot, catalog: Catalog) -> 
         for node in paths[table.segments[i]]:
             value_weights[(node, str(table.experiences[i]))][level] += table.value_weights[i]
             value_sums[(node, str(table.experiences[i]))][level] += table.value_sums[i]
-    return _Money(value_weights, value_sums, _attribute_means(session, catalog))
+    return NodeMoney(value_weights, value_sums, _attribute_means(session, catalog))
 
 
 def _attribute_means(session: Session, catalog: Catalog) -> dict[str, dict[str, float]]:
@@ -181,8 +181,8 @@ def _attribute_means(session: Session, catalog: Catalog) -> dict[str, dict[str, 
     }
 
 
-def _net_at_node(catalog: Catalog, money: _Money, node: str, key: str) -> np.ndarray:
-    """Net value per level for the node's typical customer (see _Money)."""
+def net_at_node(catalog: Catalog, money: NodeMoney, node: str, key: str) -> np.ndarray:
+    """Net value per level for the node's typical customer (see NodeMoney)."""
     scale = catalog.require_scale()
     n_levels = len(scale.levels)
     typical = money.attribute_means.get(node, {})

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import Engine
@@ -27,6 +27,9 @@ from engine.models import EngineState, utcnow
 from engine.stats import EXPOSURE_BUCKETS, CellTable, load_cell_table
 
 Predicate = Callable[[Mapping[str, Any]], bool]
+
+if TYPE_CHECKING:
+    from rules.active import ActiveRules
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,7 @@ class Runtime:
         self._predicates: dict[str, Predicate] = {}
         self._stats: StatsSnapshot | None = None
         self._stats_dirty = True
+        self._rules: tuple[int, ActiveRules | None] | None = None
 
     def session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
@@ -129,6 +133,21 @@ class Runtime:
             self._predicates = {}
             self._stats_dirty = True
         return catalog
+
+    def rules(self, session: Session, catalog: Catalog) -> ActiveRules | None:
+        """The active rule-set version (reloaded when the catalog version moves: activating a
+        version bumps it)."""
+        with self._lock:
+            cached = self._rules
+        if cached is not None and cached[0] == catalog.version:
+            return cached[1]
+        from rules.active import load_active
+
+        names = {key: info.name for key, info in catalog.experiences.items()}
+        active = load_active(session, names)
+        with self._lock:
+            self._rules = (catalog.version, active)
+        return active
 
     def eligibility(self, catalog: Catalog, key: str) -> Predicate | None:
         """The compiled eligibility rule of an experience (None: everyone is eligible)."""

@@ -475,3 +475,46 @@ class WorklistPublic(BaseModel):
     matched: int = Field(description="Customers that pass the filters")
     next_offset: int | None
     as_of: dt.datetime
+
+
+# Rule sets -------------------------------------------------------------------------------------
+
+
+class RulesetCompileIn(Strict):
+    budget: int = Field(default=25, ge=1, le=200, description="At most this many rules")
+    min_support: float = Field(
+        default=30.0, ge=0, le=1e9, description="A segment with fewer results folds into its parent"
+    )
+    seed: int = Field(default=0, ge=0, le=2**32 - 1, description="Seed of the posterior draws")
+
+
+class RulesetSummary(BaseModel):
+    version: int
+    created_at: dt.datetime
+    created_by: str
+    active: bool
+    activated_at: dt.datetime | None
+    activated_by: str | None
+    settings: dict[str, Any]
+    metrics: dict[str, Any]
+
+
+class RulesetPublic(RulesetSummary):
+    rules: list[dict[str, Any]]
+    text: str = Field(description="The whole version as Markdown, one sentence per rule")
+
+
+class RulesetsPublic(BaseModel):
+    data: list[RulesetSummary]
+    next_before: int | None
+
+
+class RulesetDiff(BaseModel):
+    from_version: int = Field(alias="from")
+    to_version: int = Field(alias="to")
+    added: list[dict[str, Any]]
+    removed: list[dict[str, Any]]
+    changed: list[dict[str, Any]]
+    metrics: dict[str, Any]
+
+    model_config = {"populate_by_name": True, "serialize_by_alias": True}
