@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 from sqlalchemy import Engine
@@ -21,7 +21,9 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 keys_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke API keys.")
 export_app = typer.Typer(no_args_is_help=True, help="Export stored data as CSV.")
 app.add_typer(keys_app, name="keys")
+rules_app = typer.Typer(no_args_is_help=True, help="Compile, show, diff and activate rule sets.")
 app.add_typer(export_app, name="export")
+app.add_typer(rules_app, name="rules")
 
 DbOption = Annotated[
     str | None,
@@ -374,3 +376,97 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@contextmanager
+def _runtime(db: str | None) -> Iterator[Any]:
+    from engine.errors import NextbestError
+    from engine.runtime import Runtime
+
+    with _database(db) as engine:
+        try:
+            yield Runtime(_settings(db), engine=engine)
+        except NextbestError as error:
+            raise _fail(error.message) from None
+
+
+@rules_app.command("compile")
+def rules_compile(
+    db: DbOption = None,
+    budget: Annotated[int, typer.Option(min=1, max=200, help="At most this many rules")] = 25,
+    min_support: Annotated[
+        float, typer.Option(min=0, help="Segments with fewer results fold into their parent")
+    ] = 30.0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the posterior draws")] = 0,
+) -> None:
+    """Compile what the engine knows into a new (inactive) rule-set version and print it."""
+    from rules.compiler import Settings as CompileSettings
+    from rules.versions import compile_version
+
+    with _runtime(db) as runtime, runtime.session() as session:
+        row = compile_version(
+            session=session,
+            runtime=runtime,
+            settings=CompileSettings(budget=budget, min_support=min_support, seed=seed),
+            actor="cli",
+        )
+        session.commit()
+        typer.echo(row.text)
+        typer.echo(f"compiled version {row.version}; activate it with: nextbest rules activate")
+
+
+@rules_app.command("show")
+def rules_show(
+    version: Annotated[int | None, typer.Argument(help="Version (default: the active one)")] = None,
+    db: DbOption = None,
+) -> None:
+    """Print a rule-set version as Markdown."""
+    from rules.versions import active_version, get_version
+
+    with _runtime(db) as runtime, runtime.session() as session:
+        row = get_version(session=session, version=version) if version else active_version(session)
+        if row is None:
+            raise _fail("no rule-set version is active; compile one with: nextbest rules compile")
+        typer.echo(row.text)
+
+
+@rules_app.command("diff")
+def rules_diff(
+    a: Annotated[int, typer.Argument(help="From version")],
+    b: Annotated[int, typer.Argument(help="To version")],
+    db: DbOption = None,
+) -> None:
+    """What changed between two versions: rules added, removed and changed."""
+    from rules.compiler import sentence
+    from rules.versions import diff, get_version
+
+    with _runtime(db) as runtime, runtime.session() as session:
+        names = {k: e.name for k, e in runtime.catalog(session).experiences.items()}
+        changes = diff(
+            get_version(session=session, version=a), get_version(session=session, version=b)
+        )
+        for title, key in (("added", "added"), ("removed", "removed")):
+            for rule in changes[key]:
+                typer.echo(f"{title}: {sentence(rule, names)}")
+        for change in changes["changed"]:
+            typer.echo(f"changed: {sentence(change['before'], names)}")
+            typer.echo(f"     to: {sentence(change['after'], names)}")
+        before, after = changes["metrics"]["before"], changes["metrics"]["after"]
+        typer.echo(
+            f"rules {before['rules']} -> {after['rules']}; value loss "
+            f"{before['value_loss_pct']:.2f}% -> {after['value_loss_pct']:.2f}%"
+        )
+
+
+@rules_app.command("activate")
+def rules_activate(
+    version: Annotated[int, typer.Argument(help="Version to activate (an older one rolls back)")],
+    db: DbOption = None,
+) -> None:
+    """Make a version the one decisions follow."""
+    from rules.versions import activate
+
+    with _runtime(db) as runtime, runtime.session() as session:
+        activate(session=session, version=version, actor="cli")
+        session.commit()
+    typer.echo(f"version {version} is active")

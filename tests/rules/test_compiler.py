@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import select
+from typer.testing import CliRunner
 
+from cli import app
 from engine.demo import DEMO_KEYS, end_of_yesterday, load_triples, seed_demo
 from engine.models import AuditEvent, Customer, Decision
 from engine.runtime import Runtime
@@ -158,3 +160,23 @@ def test_activate_and_decide_by_the_active_version(
     assert [a.after for a in audit] == [{"active": version}]
     listed = client.get("/v1/rulesets", headers=DEMO["agent"]).json()["data"]
     assert [v["active"] for v in listed] == [True]
+
+
+def test_rules_cli(runtime: Runtime, drifted: dict[str, Any], database_url: str) -> None:
+    cli = CliRunner()
+    compiled = cli.invoke(app, ["rules", "compile", "--db", database_url, "--budget", "6"])
+    assert compiled.exit_code == 0, compiled.output
+    assert "compiled version 1" in compiled.output
+    assert "OTHERWISE" in compiled.output
+    assert cli.invoke(app, ["rules", "show", "--db", database_url]).exit_code == 1  # none active
+    assert cli.invoke(app, ["rules", "activate", "1", "--db", database_url]).exit_code == 0
+    shown = cli.invoke(app, ["rules", "show", "--db", database_url])
+    assert shown.exit_code == 0 and "# Rule set version 1" in shown.output
+    load_triples(runtime.engine, drifted["after"], None)
+    assert cli.invoke(app, ["rules", "compile", "--db", database_url]).exit_code == 0
+    diff = cli.invoke(app, ["rules", "diff", "1", "2", "--db", database_url])
+    assert diff.exit_code == 0, diff.output
+    assert re.search(r"rules [1-6] -> \d+; value loss", diff.output), diff.output
+    missing = cli.invoke(app, ["rules", "activate", "9", "--db", database_url])
+    assert missing.exit_code == 1
+    assert "no rule-set version 9" in missing.output
