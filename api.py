@@ -53,6 +53,9 @@ from engine.schemas import (
     ExperiencePublic,
     ExperiencesPublic,
     ExperienceUpdate,
+    GuardrailIn,
+    GuardrailPublic,
+    GuardrailsPublic,
     OutcomeIn,
     OutcomePublic,
     OutcomeScaleIn,
@@ -73,7 +76,7 @@ from engine.schemas import (
     WorklistPublic,
 )
 from engine.settle import maintain
-from rules import versions
+from rules import guardrails, versions
 from rules.compiler import Settings as CompileSettings
 
 log = logging.getLogger("nextbest.api")
@@ -494,6 +497,44 @@ def _install_routes(app: FastAPI) -> None:
     ) -> RulesetPublic:
         row = versions.activate(session=session, version=version, actor=who.actor)
         return RulesetPublic.model_validate(row, from_attributes=True)
+
+    # Guardrails
+    @app.post("/v1/guardrails", tags=["rules"], status_code=201)
+    def create_guardrail(
+        body: GuardrailIn, session: SessionDep, runtime: RuntimeDep, who: Marketer
+    ) -> GuardrailPublic:
+        row = guardrails.create_guardrail(
+            session=session,
+            catalog=runtime.catalog(session),
+            fields=body.model_dump(),
+            actor=who.actor,
+        )
+        return GuardrailPublic.model_validate(guardrails.public(row))
+
+    @app.get("/v1/guardrails", tags=["rules"])
+    def list_guardrails(
+        session: SessionDep, _: AnyRole, active: bool | None = None
+    ) -> GuardrailsPublic:
+        rows = guardrails.list_guardrails(session=session, active=active)
+        return GuardrailsPublic(
+            data=[GuardrailPublic.model_validate(guardrails.public(r)) for r in rows]
+        )
+
+    @app.get("/v1/guardrails/{guardrail_id}", tags=["rules"])
+    def get_guardrail(
+        guardrail_id: Annotated[int, Path(ge=1)], session: SessionDep, _: AnyRole
+    ) -> GuardrailPublic:
+        row = guardrails.get_guardrail(session=session, guardrail_id=guardrail_id)
+        return GuardrailPublic.model_validate(guardrails.public(row))
+
+    @app.post("/v1/guardrails/{guardrail_id}:deactivate", tags=["rules"])
+    def deactivate_guardrail(
+        guardrail_id: Annotated[int, Path(ge=1)], session: SessionDep, who: Marketer
+    ) -> GuardrailPublic:
+        row = guardrails.deactivate_guardrail(
+            session=session, guardrail_id=guardrail_id, actor=who.actor
+        )
+        return GuardrailPublic.model_validate(guardrails.public(row))
 
     # Decay of evidence
     @app.get("/v1/decay", tags=["catalog"])

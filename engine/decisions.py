@@ -34,6 +34,7 @@ from engine.schemas import (
     OutcomePublic,
     RankedExperience,
     RulePublic,
+    Suppressed,
 )
 from engine.stats import exposure_bucket
 from engine.triples import StoredTriple, Triple, store_triples
@@ -51,6 +52,9 @@ def decide(*, session: Session, runtime: Runtime, decision_in: DecisionIn) -> De
     )
     attributes = customer.attributes
     keys = eligible_experiences(runtime, catalog, attributes, decision_in.channel)
+    keys, suppressed = _apply_guardrails(
+        session, runtime, catalog, customer.id, attributes, keys, decision_in.channel
+    )
     snapshot = runtime.stats(session, catalog)
     path = segment_path(catalog.specs, catalog.segmentation, attributes)
     exposures = customer_exposures(session, customer.id)
@@ -111,6 +115,7 @@ def decide(*, session: Session, runtime: Runtime, decision_in: DecisionIn) -> De
     )
     session.add(decision)
     session.flush()
+    runtime.guardrails(session, catalog).chose(decision.experience_key)
     return DecisionPublic(
         decision_id=decision.id,
         customer_id=customer.id,
@@ -121,6 +126,7 @@ def decide(*, session: Session, runtime: Runtime, decision_in: DecisionIn) -> De
         experiment=None,
         ranked=ranked[: decision_in.top_k],
         segment=decision.segment,
+        suppressed=suppressed,
         explanation=DecisionExplanation(
             segment_path=path,
             evidence=evidence,
@@ -162,6 +168,38 @@ def _rule_for(
     if not allowed:
         return None
     return _FiredRule(active.version, rule["rule_id"], active.texts[index], allowed)
+
+
+def _apply_guardrails(
+    session: Session,
+    runtime: Runtime,
+    catalog: Catalog,
+    customer_id: str,
+    attributes: Mapping[str, Any],
+    keys: list[str],
+    channel: str | None,
+) -> tuple[list[str], list[Suppressed]]:
+    """The candidates the guardrails leave, and each suppressed one with its guardrail."""
+    guardrails = runtime.guardrails(session, catalog)
+    if not guardrails:
+        return keys, []
+    hits = guardrails.suppressed(
+        session,
+        customer_id=customer_id,
+        attributes=attributes,
+        candidates=keys,
+        channel=channel,
+        now=utcnow(),
+    )
+    suppressed = [Suppressed(experience=k, **hit) for k in keys for hit in hits.get(k, [])]
+    left = [k for k in keys if k not in hits]
+    if not left:
+        raise Conflict(
+            "every eligible experience is suppressed by a guardrail: "
+            + ", ".join(f"{s.experience} by {s.name!r}" for s in suppressed),
+            field="customer_id",
+        )
+    return left, suppressed
 
 
 def _check_overrides(catalog: Catalog, decision_in: DecisionIn) -> None:

@@ -30,6 +30,7 @@ Predicate = Callable[[Mapping[str, Any]], bool]
 
 if TYPE_CHECKING:
     from rules.active import ActiveRules
+    from rules.guardrails import Guardrails
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ class Runtime:
         self._stats: StatsSnapshot | None = None
         self._stats_dirty = True
         self._rules: tuple[int, ActiveRules | None] | None = None
+        self._guardrails: tuple[int, Guardrails] | None = None
 
     def session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
@@ -148,6 +150,20 @@ class Runtime:
         with self._lock:
             self._rules = (catalog.version, active)
         return active
+
+    def guardrails(self, session: Session, catalog: Catalog) -> Guardrails:
+        """The active guardrails (reloaded when the catalog version moves: creating or
+        deactivating one bumps it)."""
+        with self._lock:
+            cached = self._guardrails
+        if cached is not None and cached[0] == catalog.version:
+            return cached[1]
+        from rules.guardrails import Guardrails, list_guardrails
+
+        loaded = Guardrails(catalog, list_guardrails(session=session, active=True))
+        with self._lock:
+            self._guardrails = (catalog.version, loaded)
+        return loaded
 
     def eligibility(self, catalog: Catalog, key: str) -> Predicate | None:
         """The compiled eligibility rule of an experience (None: everyone is eligible)."""

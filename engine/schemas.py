@@ -328,6 +328,13 @@ class DecisionExplanation(BaseModel):
     outcome_distribution: dict[str, float]
 
 
+class Suppressed(BaseModel):
+    experience: str
+    guardrail_id: int
+    name: str
+    kind: str
+
+
 class DecisionPublic(BaseModel):
     decision_id: str
     customer_id: str
@@ -339,6 +346,9 @@ class DecisionPublic(BaseModel):
     ranked: list[RankedExperience]
     segment: str
     explanation: DecisionExplanation
+    suppressed: list[Suppressed] = Field(
+        default_factory=list, description="Candidates a guardrail removed, and which one"
+    )
     created_at: dt.datetime
 
 
@@ -518,3 +528,34 @@ class RulesetDiff(BaseModel):
     metrics: dict[str, Any]
 
     model_config = {"populate_by_name": True, "serialize_by_alias": True}
+
+
+# Guardrails ------------------------------------------------------------------------------------
+
+
+class GuardrailIn(Strict):
+    kind: Literal["forbid", "contact_limit", "cooldown", "max_exposures", "budget"]
+    name: str = Field(min_length=1, max_length=200)
+    experience: Key | None = None
+    condition: str | None = Field(default=None, min_length=1, max_length=2000)
+    channel: Key | None = None
+    limit: int | None = Field(default=None, ge=1, le=10**9)
+    period_days: float | None = Field(default=None, gt=0, le=3650)
+
+
+class GuardrailPublic(BaseModel):
+    id: int
+    kind: str
+    name: str
+    experience: str | None
+    condition: str | None
+    channel: str | None
+    limit: int | None
+    period_days: float | None
+    active: bool
+    created_at: dt.datetime
+    created_by: str
+
+
+class GuardrailsPublic(BaseModel):
+    data: list[GuardrailPublic]
