@@ -1,9 +1,9 @@
 """The demo business: the simulator's retention world loaded into an empty database.
 
 Outcome scale, attribute specs, eight experiences (one the control), a segmentation, 5,000
-customers and about 50,000 historical triples drawn from the simulator's ground truth, plus one
-demo key per role. The keys are fixed so that the README's curl calls work verbatim; they are for
-a local demo only.
+customers and about 50,000 historical triples drawn from the simulator's ground truth, rule-set
+version 1 compiled from them and active, plus one demo key per role. The keys are fixed so that
+the README's curl calls work verbatim; they are for a local demo only.
 """
 
 from __future__ import annotations
@@ -115,7 +115,26 @@ def seed_demo(
         session.commit()
     _load_customers(engine, people, progress)
     load_triples(engine, triples, progress)
+    if triples:
+        _compile_rules(engine)
     return True
+
+
+def _compile_rules(engine: Engine) -> None:
+    """Rule-set version 1 from the demo's history, active (rules import engine: import here)."""
+    from engine.config import Settings
+    from engine.runtime import Runtime
+    from rules.compiler import Settings as CompileSettings
+    from rules.versions import activate, compile_version
+
+    runtime = Runtime(Settings(), engine=engine)
+    with runtime.session() as session:
+        row = compile_version(
+            session=session, runtime=runtime, settings=CompileSettings(), actor="system:demo"
+        )
+        assert row.version is not None
+        activate(session=session, version=row.version, actor="system:demo")
+        session.commit()
 
 
 def end_of_yesterday() -> dt.datetime:
