@@ -19,8 +19,10 @@ import hashlib
 import math
 import os
 import pickle
+import queue
 import re
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -327,7 +329,7 @@ def import_csv(
         tick = progress("import", good) if progress else None
         spool.seek(0)
         good_seen = 0
-        for chunk in _spooled(spool):
+        for chunk in _prefetched(_spooled(spool, kind)):
             start = good_seen
             good_seen += len(chunk)
             batch = chunk[max(resume_after - start, 0) :]
@@ -348,12 +350,52 @@ def import_csv(
     return summary
 
 
-def _spooled(spool: BinaryIO) -> Iterator[list[Any]]:
+def _spooled(spool: BinaryIO, kind: ImportKind) -> Iterator[list[Any]]:
+    """The validated batches back from the spool: Triples for events, tuples for customers."""
     while True:
         try:
-            yield pickle.load(spool)
+            rows = pickle.load(spool)
         except EOFError:
             return
+        yield [Triple(*row) for row in rows] if kind == "events" else rows
+
+
+def _prefetched(items: Iterator[list[Any]], depth: int = 2) -> Iterator[list[Any]]:
+    """``items``, produced up to ``depth`` ahead by a background thread: unpickling the next batch
+    overlaps with the database's work on this one (SQLite releases the GIL while it works)."""
+    ready: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def offer(item: Any) -> bool:
+        """Queue ``item`` unless the consumer has stopped; False when it has."""
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not offer(item):
+                    return
+            offer(end)
+        except BaseException as error:  # handed to the consumer, which raises it
+            offer(error)
+
+    worker = threading.Thread(target=produce, name="nextbest-import-prefetch", daemon=True)
+    worker.start()
+    try:
+        while (item := ready.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join()
 
 
 def _validate(
@@ -443,9 +485,7 @@ def _store_batch(
     """One transaction: the rows and the import's progress commit together or not at all."""
     with Session(engine, expire_on_commit=False) as session:
         if kind == "events":
-            store_triples(
-                session, catalog=catalog, triples=[Triple(*row) for row in batch], report=False
-            )
+            store_triples(session, catalog=catalog, triples=batch, report=False)
         elif batch:
             _upsert_customers(session, batch)
         run = _run(session, kind, sha, path)

@@ -350,10 +350,14 @@ def _customers(
             sa_select(table.c.id, table.c.attributes).where(
                 table.c.id.in_([c for c in part if c in partial])
             )
-        ):
+        ).all():
             profiles[cid] = attributes
-        for (cid,) in connection.execute(
-            sa_select(table.c.id).where(table.c.id.in_([c for c in part if c not in partial]))
+        for cid in (
+            connection.execute(
+                sa_select(table.c.id).where(table.c.id.in_([c for c in part if c not in partial]))
+            )
+            .scalars()
+            .all()
         ):
             profiles[cid] = {}
     new: dict[str, dict[str, Any]] = {}
