@@ -9,6 +9,7 @@ Every route names the roles it admits through ``Allow``; admin passes everywhere
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import logging
 from collections.abc import AsyncIterator, Iterator
@@ -26,7 +27,16 @@ from sqlmodel import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from engine import auth, catalog, customers, decisions, insights, overrides, triples
+from engine import (
+    auth,
+    catalog,
+    customers,
+    decisions,
+    evaluation,
+    insights,
+    overrides,
+    triples,
+)
 from engine.config import Settings
 from engine.db import migrate
 from engine.errors import NextbestError, TooLarge
@@ -46,6 +56,7 @@ from engine.schemas import (
     DecayPublic,
     DecisionIn,
     DecisionPublic,
+    EvaluateIn,
     EventIn,
     EventPublic,
     EventsBatchIn,
@@ -62,6 +73,7 @@ from engine.schemas import (
     OutcomeScalePublic,
     OverrideIn,
     OverridePublic,
+    PolicyValue,
     ReactionIn,
     ReactionPublic,
     Role,
@@ -318,6 +330,20 @@ def start(runtime: Runtime) -> None:
         session.commit()
 
 
+def _policy_value(
+    session: Session, runtime: Runtime, policies: list[str], body: EvaluateIn
+) -> PolicyValue:
+    report = evaluation.evaluate(
+        session=session,
+        runtime=runtime,
+        policies=policies,
+        since=utcnow() - dt.timedelta(days=body.days),
+        where=body.where,
+        clip=body.clip,
+    )
+    return PolicyValue.model_validate(report)
+
+
 async def _maintenance(runtime: Runtime) -> None:
     """Settle overdue decisions every ``maintenance_seconds`` (in a thread: it is blocking I/O)."""
     interval = runtime.settings.maintenance_seconds
@@ -498,6 +524,24 @@ def _install_routes(app: FastAPI) -> None:
         row = versions.activate(session=session, version=version, actor=who.actor)
         return RulesetPublic.model_validate(row, from_attributes=True)
 
+    @app.post("/v1/rulesets/{version}:evaluate", tags=["rules"])
+    def evaluate_ruleset(
+        version: Annotated[int, Path(ge=1)],
+        session: SessionDep,
+        runtime: RuntimeDep,
+        _: Marketer,
+        body: EvaluateIn | None = None,
+    ) -> PolicyValue:
+        """What this version would have earned on logged decisions, beside the active version,
+        the current policy and the control (IPS, SNIPS and doubly robust, 95% intervals)."""
+        body = body or EvaluateIn()
+        versions.get_version(session=session, version=version)
+        active = versions.active_version(session)
+        policies = [f"ruleset:{version}", "current", "control"]
+        if active is not None and active.version != version:
+            policies.insert(1, f"ruleset:{active.version}")
+        return _policy_value(session, runtime, policies, body)
+
     # Guardrails
     @app.post("/v1/guardrails", tags=["rules"], status_code=201)
     def create_guardrail(
@@ -561,6 +605,29 @@ def _install_routes(app: FastAPI) -> None:
             session=session, runtime=runtime, exposure=exposure, max_depth=depth
         )
         return SegmentInsights.model_validate(report)
+
+    @app.get("/v1/insights/policy-value", tags=["insights"])
+    def policy_value(
+        session: SessionDep,
+        runtime: RuntimeDep,
+        _: Marketer,
+        policy: Annotated[
+            list[str] | None,
+            Query(
+                max_length=50,
+                description="current, control, experience:<key> or ruleset:<version>; repeatable",
+            ),
+        ] = None,
+        days: Annotated[float, Query(gt=0, le=3650)] = 90.0,
+        where: Annotated[str | None, Query(max_length=2000)] = None,
+        clip: Annotated[float | None, Query(ge=1, le=1e6)] = None,
+    ) -> PolicyValue:
+        return _policy_value(
+            session,
+            runtime,
+            policy or ["current", "control"],
+            EvaluateIn(days=days, where=where, clip=clip),
+        )
 
     @app.get("/v1/worklist", tags=["insights"])
     def worklist(

@@ -390,6 +390,72 @@ def _runtime(db: str | None) -> Iterator[Any]:
             raise _fail(error.message) from None
 
 
+@app.command()
+def evaluate(
+    db: DbOption = None,
+    days: Annotated[float, typer.Option(min=0.001, help="Decisions of the last N days")] = 90.0,
+    where: Annotated[str | None, typer.Option(help="Only decisions whose customer matches")] = None,
+    clip: Annotated[float | None, typer.Option(min=1, help="Cap importance weights")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table")] = False,
+) -> None:
+    """Estimate what every policy would have earned per decision on the logged decisions: the
+    current policy, the control, each experience for everyone and each rule-set version (IPS,
+    SNIPS and doubly robust, with 95% intervals and effective sample sizes)."""
+    import datetime as dt
+
+    from sqlmodel import select
+
+    from engine.evaluation import evaluate as estimate
+    from engine.models import utcnow
+    from rules.models import RuleSetVersion
+
+    with _runtime(db) as runtime, runtime.session() as session:
+        catalog = runtime.catalog(session)
+        versions = session.exec(select(RuleSetVersion.version).order_by(RuleSetVersion.version))
+        policies = [
+            "current",
+            "control",
+            *(f"experience:{k}" for k in sorted(catalog.experiences)),
+            *(f"ruleset:{v}" for v in versions),
+        ]
+        report = estimate(
+            session=session,
+            runtime=runtime,
+            policies=policies,
+            since=utcnow() - dt.timedelta(days=days),
+            where=where,
+            clip=clip,
+        )
+    if as_json:
+        typer.echo(json.dumps(report, default=str, indent=2))
+        return
+    used = report["decisions"]
+    typer.echo(
+        f"{used['used']} decisions with outcomes ({used['overridden']} overridden, "
+        f"{used['exploit_only']} exploit-only, {used['filtered']} filtered out); "
+        "net value per decision, 95% intervals"
+    )
+    typer.echo("policy | method | estimate | 95% CI | ESS | n")
+    for policy, result in report["policies"].items():
+        for method, e in result["estimates"].items():
+            if e["status"] == "ok":
+                low, high = e["ci95"]
+                typer.echo(
+                    f"{policy} | {method} | {e['value']:.2f} | {low:.2f} to {high:.2f} | "
+                    f"{e['ess']:.0f} | {e['n']}"
+                )
+            else:
+                typer.echo(
+                    f"{policy} | {method} | cannot estimate: {e['reason']} | - | - | {e['n']}"
+                )
+    overrides = report["overrides"]
+    if overrides["n"]:
+        typer.echo(
+            f"agent overrides (left out of the estimates): {overrides['n']} decisions, "
+            f"mean net value {overrides['mean_net_value']:.2f}"
+        )
+
+
 @rules_app.command("compile")
 def rules_compile(
     db: DbOption = None,

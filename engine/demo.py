@@ -27,7 +27,7 @@ from engine.schemas import (
     OutcomeScaleIn,
     SegmentationIn,
 )
-from engine.simulate import make_world
+from engine.simulate import World, make_world
 from engine.triples import parse_event, store_triples
 
 DEMO_KEYS = {
@@ -117,7 +117,60 @@ def seed_demo(
     load_triples(engine, triples, progress)
     if triples:
         _compile_rules(engine)
+        _serve_decisions(engine, world, people, np.random.default_rng(seed), DEMO_DECISIONS)
     return True
+
+
+DEMO_DECISIONS = 1000
+"""Decisions the demo's engine makes (with its active rules) on its customers before serving,
+their results drawn from the simulator's truth: logged decisions with propensities, so that
+off-policy evaluation has something to work on."""
+
+
+def _serve_decisions(
+    engine: Engine,
+    world: World,
+    people: list[dict[str, Any]],
+    rng: np.random.Generator,
+    n: int,
+) -> None:
+    from engine.config import Settings
+    from engine.decisions import customer_exposures, decide, record_outcome
+    from engine.runtime import Runtime
+    from engine.schemas import DecisionIn, OutcomeIn
+
+    # All decisions first, on the statistics of the history (one fit), then their results.
+    runtime = Runtime(
+        Settings(seed=int(rng.integers(2**31)), stats_refresh_seconds=3600), engine=engine
+    )
+    keys = [e.key for e in world.experiences]
+    made = []
+    with runtime.session() as session:
+        for i in rng.integers(0, len(people), n).tolist():
+            person = people[i]
+            decision = decide(
+                session=session,
+                runtime=runtime,
+                decision_in=DecisionIn(customer_id=person["customer_id"]),
+            )
+            seen = customer_exposures(session, person["customer_id"]).get(decision.experience, 0)
+            made.append((person, decision, seen))
+        session.commit()
+    probs = world.true_probs(
+        [person["attributes"] for person, _, _ in made],
+        np.array([keys.index(decision.experience) for _, decision, _ in made]),
+        np.array([seen for _, _, seen in made]),
+        np.full(len(made), world.horizon_days),
+    )
+    levels = world.draw_results(probs, rng)
+    with runtime.session() as session:
+        for (_, decision, _), level in zip(made, levels.tolist(), strict=True):
+            record_outcome(
+                session=session,
+                runtime=runtime,
+                outcome_in=OutcomeIn(decision_id=decision.decision_id, result=world.levels[level]),
+            )
+        session.commit()
 
 
 def _compile_rules(engine: Engine) -> None:

@@ -559,3 +559,22 @@ class GuardrailPublic(BaseModel):
 
 class GuardrailsPublic(BaseModel):
     data: list[GuardrailPublic]
+
+
+# Off-policy evaluation -------------------------------------------------------------------------
+
+
+class EvaluateIn(Strict):
+    days: float = Field(default=90.0, gt=0, le=3650, description="Decisions of the last N days")
+    where: str | None = Field(default=None, min_length=1, max_length=2000)
+    clip: float | None = Field(default=None, ge=1, le=1e6, description="Cap importance weights")
+
+
+class PolicyValue(BaseModel):
+    """Estimates of policies' value per decision from logged decisions (engine.ope)."""
+
+    window: dict[str, Any]
+    decisions: dict[str, int]
+    overrides: dict[str, Any] = Field(description="Decisions an agent overrode, on their own")
+    engine: dict[str, Any] = Field(description="Decisions the engine's choice was delivered for")
+    policies: dict[str, Any]

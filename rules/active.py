@@ -1,4 +1,5 @@
-"""The active rule-set version as a worker evaluates it at decision time."""
+"""A rule-set version as a worker evaluates it: at decision time (the active one) and when a
+version is evaluated off-policy (any one)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from sqlmodel import Session
 
 from rules.compiler import sentence
 from rules.language import Predicate, compile_predicate, from_json
+from rules.models import RuleSetVersion
 from rules.versions import active_version
 
 
@@ -32,8 +34,17 @@ class ActiveRules:
 
 def load_active(session: Session, names: Mapping[str, str]) -> ActiveRules | None:
     row = active_version(session)
-    if row is None or row.version is None:
-        return None
+    return None if row is None else _ready(row, names)
+
+
+def load_version(session: Session, version: int, names: Mapping[str, str]) -> ActiveRules | None:
+    """Any version (draft, active or old), ready to evaluate; None when it does not exist."""
+    row = session.get(RuleSetVersion, version)
+    return None if row is None else _ready(row, names)
+
+
+def _ready(row: RuleSetVersion, names: Mapping[str, str]) -> ActiveRules:
+    assert row.version is not None
     rules = tuple(row.rules)
     return ActiveRules(
         version=row.version,
