@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 from sqlmodel import func, select
 
-from engine.demo import DEMO_KEYS, seed_demo
-from engine.models import Customer, Experience, Outcome
+from engine.demo import DEMO_DECISIONS, DEMO_KEYS, seed_demo
+from engine.models import Customer, Decision, Experience, Outcome
 from engine.runtime import Runtime
 from rules.models import RuleSetVersion
 
@@ -16,7 +16,10 @@ def test_demo_business(runtime: Runtime, client: TestClient) -> None:
     assert seed_demo(engine=runtime.engine, n_customers=300, n_triples=3000) is False  # once
     with runtime.session() as session:
         count = lambda model: session.exec(select(func.count()).select_from(model)).one()  # noqa: E731
-        assert (count(Experience), count(Customer), count(Outcome)) == (8, 300, 3000)
+        # the history, then the engine's own decisions with their results
+        assert (count(Experience), count(Customer)) == (8, 300)
+        assert (count(Outcome), count(Decision)) == (3000 + DEMO_DECISIONS, DEMO_DECISIONS)
+        assert all(d.propensity > 0 for d in session.exec(select(Decision)))
         versions = session.exec(select(RuleSetVersion)).all()
     assert [(v.version, v.active) for v in versions] == [(1, True)]
     assert len(versions[0].rules) <= 25
