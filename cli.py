@@ -528,11 +528,39 @@ def rules_diff(
 def rules_activate(
     version: Annotated[int, typer.Argument(help="Version to activate (an older one rolls back)")],
     db: DbOption = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation")] = False,
 ) -> None:
-    """Make a version the one decisions follow."""
-    from rules.versions import activate
+    """Make a version the one decisions follow, after showing what it would have earned on the
+    logged decisions beside the active version (doubly robust estimates, 95% intervals)."""
+    import datetime as dt
+
+    from engine.evaluation import evaluate
+    from engine.models import utcnow
+    from rules.versions import activate, active_version, get_version
 
     with _runtime(db) as runtime, runtime.session() as session:
+        get_version(session=session, version=version)
+        current = active_version(session)
+        policies = [f"ruleset:{version}"]
+        if current is not None and current.version != version:
+            policies.append(f"ruleset:{current.version}")
+        report = evaluate(
+            session=session,
+            runtime=runtime,
+            policies=policies,
+            since=utcnow() - dt.timedelta(days=90),
+        )
+        for policy, result in report["policies"].items():
+            e = result["estimates"]["dr"]
+            shown = (
+                f"{e['value']:.2f} per decision (95% CI {e['ci95'][0]:.2f} to {e['ci95'][1]:.2f}, "
+                f"ESS {e['ess']:.0f})"
+                if e["status"] == "ok"
+                else f"cannot estimate: {e['reason']}"
+            )
+            typer.echo(f"{policy}: {shown}")
+        if not yes and not typer.confirm(f"activate version {version}?"):
+            raise typer.Exit(code=1)
         activate(session=session, version=version, actor="cli")
         session.commit()
     typer.echo(f"version {version} is active")

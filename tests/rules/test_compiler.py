@@ -169,7 +169,12 @@ def test_rules_cli(runtime: Runtime, drifted: dict[str, Any], database_url: str)
     assert "compiled version 1" in compiled.output
     assert "OTHERWISE" in compiled.output
     assert cli.invoke(app, ["rules", "show", "--db", database_url]).exit_code == 1  # none active
-    assert cli.invoke(app, ["rules", "activate", "1", "--db", database_url]).exit_code == 0
+    declined = cli.invoke(app, ["rules", "activate", "1", "--db", database_url], input="n\n")
+    assert declined.exit_code == 1
+    assert "ruleset:1: cannot estimate" in declined.output  # no logged decisions yet
+    assert cli.invoke(app, ["rules", "show", "--db", database_url]).exit_code == 1
+    accepted = cli.invoke(app, ["rules", "activate", "1", "--db", database_url], input="y\n")
+    assert accepted.exit_code == 0, accepted.output
     shown = cli.invoke(app, ["rules", "show", "--db", database_url])
     assert shown.exit_code == 0 and "# Rule set version 1" in shown.output
     load_triples(runtime.engine, drifted["after"], None)
@@ -177,6 +182,6 @@ def test_rules_cli(runtime: Runtime, drifted: dict[str, Any], database_url: str)
     diff = cli.invoke(app, ["rules", "diff", "1", "2", "--db", database_url])
     assert diff.exit_code == 0, diff.output
     assert re.search(r"rules [1-6] -> \d+; value loss", diff.output), diff.output
-    missing = cli.invoke(app, ["rules", "activate", "9", "--db", database_url])
+    missing = cli.invoke(app, ["rules", "activate", "9", "--db", database_url, "--yes"])
     assert missing.exit_code == 1
     assert "no rule-set version 9" in missing.output
