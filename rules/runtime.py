@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 MAX_PRIORITY = 65534
 MAX_SID_POOL = 1000
 """durable-rules corrupts its heap past 1,024 live session ids in one ruleset."""
-MAX_CONCURRENT = 32
+MAX_CONCURRENT = 8
 _NO_STATE = "error code: 309"  # durable-rules' ERR_SID_NOT_FOUND, as its binding words it
 """Evaluations in durable-rules at once: each ruleset's first slots are warmed for as many."""
 

@@ -573,8 +573,9 @@ def test_names_and_session_ids_hash_apart_in_durable_rules() -> None:
     names = [*_durable_json.KEY_NAMES, _durable_json.FLAG_NAME]
     reserved = {_durable_json.fnv1a(name) for name in _durable_json.RESERVED_NAMES}
     assert len({_durable_json.fnv1a(n) for n in names} | reserved) == len(names) + len(reserved)
-    sids = [*runtime._distinct_sids(1000, "nb"), *runtime._distinct_sids(32, "nbw")]
-    assert len({_durable_json.fnv1a(sid) for sid in sids}) == 1032
+    for n, prefix in [(1000, "nb"), (runtime.MAX_CONCURRENT, "nbw")]:
+        sids = runtime._distinct_sids(n, prefix)
+        assert len({_durable_json.fnv1a(sid) for sid in sids}) == len(set(sids)) == n
 
 
 # Bad input ---------------------------------------------------------------------------------------
