@@ -300,6 +300,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             upkeep.cancel()
             with suppress(asyncio.CancelledError):
                 await upkeep
+            runtime.close()
 
     app = FastAPI(
         title="nextbest",

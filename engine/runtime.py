@@ -8,7 +8,9 @@ small rows, never the event log.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -22,15 +24,18 @@ from sqlmodel import Session, select
 from engine.catalog import Catalog, engine_state, load_catalog
 from engine.config import Settings
 from engine.db import make_engine
+from engine.errors import InvalidInput
 from engine.hierarchy import TreePosterior, fit_tree
 from engine.models import EngineState, utcnow
 from engine.stats import EXPOSURE_BUCKETS, CellTable, load_cell_table
 
 Predicate = Callable[[Mapping[str, Any]], bool]
+log = logging.getLogger("nextbest.runtime")
 
 if TYPE_CHECKING:
     from rules.active import ActiveRules
     from rules.guardrails import Guardrails
+    from rules.runtime import RuleRuntime
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,8 @@ class Runtime:
         self._stats: StatsSnapshot | None = None
         self._stats_dirty = True
         self._rules: tuple[int, ActiveRules | None] | None = None
+        self._rules_lock = threading.Lock()
+        self._rule_runtime: RuleRuntime | None = None
         self._guardrails: tuple[int, Guardrails] | None = None
 
     def session(self) -> Session:
@@ -147,9 +154,39 @@ class Runtime:
 
         names = {key: info.name for key, info in catalog.experiences.items()}
         active = load_active(session, names)
+        if active is not None and self.settings.rule_runtime == "durable":
+            active = self._in_durable_rules(active)
         with self._lock:
             self._rules = (catalog.version, active)
         return active
+
+    def _in_durable_rules(self, active: ActiveRules) -> ActiveRules:
+        """``active`` run by this worker's durable-rules host (started on first use); if
+        durable-rules cannot load it, the Python evaluator answers (logged)."""
+        from rules.runtime import DurableRulesError, RuleRuntime
+
+        with self._rules_lock:
+            if self._rule_runtime is None:
+                self._rule_runtime = RuleRuntime()
+            if self._rule_runtime.active_version != active.version:
+                try:
+                    self._rule_runtime.activate(active.version, active.specs())
+                except (DurableRulesError, InvalidInput):
+                    log.exception("durable-rules cannot run version %s", active.version)
+                    return active
+        return dataclasses.replace(active, runtime=self._rule_runtime)
+
+    def rule_counters(self) -> dict[str, int] | None:
+        """The durable-rules host's counters (evaluations, fallbacks, errors, ...), if started."""
+        with self._rules_lock:
+            return None if self._rule_runtime is None else self._rule_runtime.counters()
+
+    def close(self) -> None:
+        """Stop what the worker started (the rule runtime); the engine is the caller's."""
+        with self._rules_lock:
+            if self._rule_runtime is not None:
+                self._rule_runtime.close()
+                self._rule_runtime = None
 
     def guardrails(self, session: Session, catalog: Catalog) -> Guardrails:
         """The active guardrails (reloaded when the catalog version moves: creating or
