@@ -19,10 +19,8 @@ import hashlib
 import math
 import os
 import pickle
-import queue
 import re
 import tempfile
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -329,7 +327,7 @@ def import_csv(
         tick = progress("import", good) if progress else None
         spool.seek(0)
         good_seen = 0
-        for chunk in _prefetched(_spooled(spool, kind)):
+        for chunk in _spooled(spool, kind):
             start = good_seen
             good_seen += len(chunk)
             batch = chunk[max(resume_after - start, 0) :]
@@ -358,44 +356,6 @@ def _spooled(spool: BinaryIO, kind: ImportKind) -> Iterator[list[Any]]:
         except EOFError:
             return
         yield [Triple(*row) for row in rows] if kind == "events" else rows
-
-
-def _prefetched(items: Iterator[list[Any]], depth: int = 2) -> Iterator[list[Any]]:
-    """``items``, produced up to ``depth`` ahead by a background thread: unpickling the next batch
-    overlaps with the database's work on this one (SQLite releases the GIL while it works)."""
-    ready: queue.Queue[Any] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    end = object()
-
-    def offer(item: Any) -> bool:
-        """Queue ``item`` unless the consumer has stopped; False when it has."""
-        while not stop.is_set():
-            try:
-                ready.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not offer(item):
-                    return
-            offer(end)
-        except BaseException as error:  # handed to the consumer, which raises it
-            offer(error)
-
-    worker = threading.Thread(target=produce, name="nextbest-import-prefetch", daemon=True)
-    worker.start()
-    try:
-        while (item := ready.get()) is not end:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        worker.join()
 
 
 def _validate(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ from engine.csvio import (
     _as_dict,
     _EventParser,
     _parse_row,
-    _prefetched,
     export_events,
     import_csv,
 )
@@ -296,23 +294,3 @@ def test_fast_row_parser_agrees_with_parse_event(
         return spooled_triple(_parse_row("events", catalog, _as_dict(FULL_HEADER, cells), now))
 
     assert outcome(fast) == outcome(slow)
-
-
-def test_prefetch_hands_on_errors_and_stops_with_its_consumer() -> None:
-    def broken() -> Iterator[list[Any]]:
-        yield [1]
-        raise ValueError("spool is corrupt")
-
-    with pytest.raises(ValueError, match="spool is corrupt"):
-        list(_prefetched(broken()))
-    produced: list[int] = []
-
-    def endless() -> Iterator[list[Any]]:
-        while True:
-            produced.append(1)
-            yield [len(produced)]
-
-    batches = _prefetched(endless(), depth=2)
-    assert next(batches) == [1]
-    batches.close()  # the consumer stops early: the producer must stop too, not block
-    assert len(produced) <= 5
