@@ -185,9 +185,10 @@ class Outcome(SQLModel, table=True):
 
     __tablename__ = "outcomes"
     # Most results (historical triples) have neither a decision nor an idempotency key: partial
-    # unique indexes leave those rows out of both indexes.
+    # unique indexes leave those rows out of both indexes. No index by customer: nothing reads
+    # results by customer (exposures and decisions are), and on SQLite it doubled the cost of
+    # storing a result.
     __table_args__ = (
-        Index("ix_outcomes_customer_occurred", "customer_id", "occurred_at"),
         _unique_when_set("ux_outcomes_decision", "decision_id"),
         _unique_when_set("ux_outcomes_idempotency_key", "idempotency_key"),
     )
