@@ -177,13 +177,13 @@ def _posterior_inputs(
         bucket = exposure_bucket(exposures.get(key, 0))
         alpha[k], depth = snapshot.tree.cell(path, key, bucket)
         node = path[depth] if depth >= 0 else None
-        n = snapshot.tree.evidence(node, key, bucket) if node is not None else 0.0
+        counts = snapshot.tree.counts.get((node, key, bucket)) if node is not None else None
         evidence.append(
             {
                 "experience": key,
                 "segment": node,
                 "exposure_bucket": bucket,
-                "n": round(n, 2),
+                "n": round(float(counts.sum()), 2) if counts is not None else 0.0,
             }
         )
     values = level_values(scale, attributes, decision_in.values)

@@ -43,7 +43,7 @@ Pure numpy/scipy: no I/O; counts arrive as flat arrays.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -166,21 +166,64 @@ def _shrink(
     return alpha
 
 
+Cell = tuple[NodeKey, str, int]
+"""(node, experience, exposure bucket)."""
+
+
+class CellView(Mapping[Cell, np.ndarray]):
+    """A read-only mapping (node, experience, bucket) -> array of shape (L,) over the dense
+    per-depth arrays of a TreePosterior, holding the cells where ``present`` says so."""
+
+    def __init__(
+        self,
+        node_keys: Sequence[Sequence[NodeKey]],
+        experiences: Sequence[str],
+        arrays: Sequence[np.ndarray],
+        present: Sequence[np.ndarray],
+    ) -> None:
+        self._node_keys = node_keys
+        self._node_row = [{key: i for i, key in enumerate(keys)} for keys in node_keys]
+        self._experiences = experiences
+        self._experience_row = {key: k for k, key in enumerate(experiences)}
+        self._arrays = arrays
+        self._present = present
+
+    def __getitem__(self, cell: Cell) -> np.ndarray:
+        node, experience, bucket = cell
+        d = 0 if node == "" else node.count("|") + 1
+        row = self._node_row[d].get(node) if d < len(self._node_row) else None
+        k = self._experience_row.get(experience)
+        if row is None or k is None or not 0 <= bucket < self._present[d].shape[2]:
+            raise KeyError(cell)
+        if not self._present[d][row, k, bucket]:
+            raise KeyError(cell)
+        found: np.ndarray = self._arrays[d][row, k, bucket]
+        return found
+
+    def __iter__(self) -> Iterator[Cell]:
+        for keys, present in zip(self._node_keys, self._present, strict=True):
+            for row, k, bucket in np.argwhere(present).tolist():
+                yield keys[row], self._experiences[k], bucket
+
+    def __len__(self) -> int:
+        return int(sum(p.sum() for p in self._present))
+
+
 @dataclass(frozen=True)
 class TreePosterior:
-    """Posterior Dirichlet parameters of every cell, as dense arrays per depth.
+    """Posterior Dirichlet parameters of every cell.
 
-    node_index[d]: node key -> row at depth d. alpha[d], counts[d]: shape (N_d, K, B, L) (decayed
-    counts). seen[d]: shape (N_d, K), the experience has results at that node. kappas: shape
-    (depth + 1, K), the fresh cells' concentrations. fatigue: shape (B,), the fitted w_b (1 for
-    bucket 0).
+    alpha: (node, experience, bucket) -> posterior alpha, shape (L,), for every node where the
+    experience has results (in any bucket: repeat cells without results of their own hold their
+    fatigue prior). counts: the decayed counts of the cells with results. Both are views over
+    dense arrays per depth, shape (N_d, K, B, L), rows indexed by node_index[d]. kappas: shape
+    (depth + 1, K), the fresh cells' kappas. fatigue: shape (B,), the fitted w_b (1 for bucket 0).
     """
 
     experiences: tuple[str, ...]
     node_index: tuple[Mapping[NodeKey, int], ...]
-    alpha: tuple[np.ndarray, ...]
-    counts: tuple[np.ndarray, ...]
-    seen: tuple[np.ndarray, ...]
+    alpha_by_depth: tuple[np.ndarray, ...]
+    counts_by_depth: tuple[np.ndarray, ...]
     kappas: np.ndarray
     fatigue: np.ndarray
     n_levels: int
@@ -188,6 +231,19 @@ class TreePosterior:
     @property
     def depth(self) -> int:
         return len(self.node_index) - 1
+
+    @cached_property
+    def alpha(self) -> CellView:
+        present = [
+            np.broadcast_to(seen[:, :, None], c.shape[:3])
+            for seen, c in zip(self._seen, self.counts_by_depth, strict=True)
+        ]
+        return CellView(self._node_keys, self.experiences, self.alpha_by_depth, present)
+
+    @cached_property
+    def counts(self) -> CellView:
+        present = [c.sum(axis=3) > 0 for c in self.counts_by_depth]
+        return CellView(self._node_keys, self.experiences, self.counts_by_depth, present)
 
     def cell(self, path: Sequence[NodeKey], experience: str, bucket: int) -> tuple[np.ndarray, int]:
         """Posterior alpha of the deepest node on ``path`` (root first) where the experience has
@@ -200,24 +256,24 @@ class TreePosterior:
         if k is not None:
             for d in range(min(len(path), len(self.node_index)) - 1, -1, -1):
                 row = self.node_index[d].get(path[d])
-                if row is not None and self.seen[d][row, k]:
-                    return self.alpha[d][row, k, bucket], d
+                if row is not None and self._seen[d][row, k]:
+                    found: np.ndarray = self.alpha_by_depth[d][row, k, bucket]
+                    return found, d
             if self.node_index and self.node_index[0]:
-                return self.alpha[0][0, k, bucket], -1
+                return self.alpha_by_depth[0][0, k, bucket], -1
         return np.full(self.n_levels, ROOT_STRENGTH / self.n_levels), -1
 
-    def evidence(self, node: NodeKey, experience: str, bucket: int) -> float:
-        """Decayed results of the experience in the bucket at ``node`` (0 where there are none)."""
-        k = self._experience_row.get(experience)
-        d = 0 if node == "" else node.count("|") + 1
-        row = self.node_index[d].get(node) if d < len(self.node_index) else None
-        if k is None or row is None:
-            return 0.0
-        return float(self.counts[d][row, k, bucket].sum())
+    @cached_property
+    def _seen(self) -> list[np.ndarray]:
+        return [c.sum(axis=(2, 3)) > 0 for c in self.counts_by_depth]
 
     @cached_property
     def _experience_row(self) -> dict[str, int]:
         return {key: k for k, key in enumerate(self.experiences)}
+
+    @cached_property
+    def _node_keys(self) -> list[list[NodeKey]]:
+        return [sorted(index, key=index.__getitem__) for index in self.node_index]
 
 
 def node_paths(finest: Sequence[Mapping[str, str]], order: Sequence[str]) -> list[list[NodeKey]]:
@@ -282,9 +338,8 @@ def fit_tree(
     return TreePosterior(
         experiences=tuple(experiences),
         node_index=tuple(node_index),
-        alpha=tuple(alpha),
-        counts=tuple(cell_counts),
-        seen=tuple(c.sum(axis=(2, 3)) > 0 for c in cell_counts),
+        alpha_by_depth=tuple(alpha),
+        counts_by_depth=tuple(cell_counts),
         kappas=kappas,
         fatigue=fatigue,
         n_levels=n_levels,

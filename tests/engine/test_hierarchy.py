@@ -104,11 +104,13 @@ def test_cell_falls_back_to_the_deepest_node_with_data() -> None:
     tree, *_ = simulate_tree(seed=2, n_parents=2, n_children=3)
     alpha, depth = tree.cell(["", "a=p0", "a=p0|b=nowhere"], "x", 0)
     assert depth == 1
-    assert np.array_equal(alpha, tree.alpha[1][tree.node_index[1]["a=p0"], 0, 0])
+    assert np.array_equal(alpha, tree.alpha[("a=p0", "x", 0)])
     _, unseen_depth = tree.cell(["", "a=p0"], "y", 0)
     assert unseen_depth == -1
-    assert tree.evidence("a=p0", "x", 0) > 0
-    assert tree.evidence("a=p0", "x", 2) == 0.0
+    assert tree.counts[("a=p0", "x", 0)].sum() > 0
+    assert ("a=p0", "x", 2) not in tree.counts  # no repeats seen there
+    assert ("a=p0", "x", 2) in tree.alpha  # but the repeat cell has its fatigue prior
+    assert len(tree.counts) == sum(1 for _ in tree.counts) == 1 + 2 + 2 * 3  # fresh cells
 
 
 def fatigued_world(seed: int, w: float = 0.4, n_segments: int = 40):
