@@ -38,6 +38,9 @@ and one kappa per depth are fitted by empirical Bayes over the bucket's cells; t
 adds the variances of the two means. Without a control experience, repeats shrink toward the fresh
 cell (w = 1).
 
+Automatic segmentation (evidence_order): the attribute to split on next is the one with the
+largest log Bayes factor for splitting under this same model, kappa integrated out.
+
 Pure numpy/scipy: no I/O; counts arrive as flat arrays.
 """
 
@@ -88,7 +91,9 @@ def dm_log_marginal(
     counts, prior_means: shape (C, L), prior_means rows sum to 1; concentration: scalar, shape (C,)
     or (G, C) for G candidate values at once. Returns shape (C,) or (G, C).
     """
-    conc = np.broadcast_to(np.asarray(concentration, dtype=float), counts.shape[:1])
+    conc = np.asarray(concentration, dtype=float)
+    if conc.ndim == 0:
+        conc = np.full(counts.shape[0], float(conc))
     return _dm_cells(counts, prior_means, conc)
 
 
