@@ -194,7 +194,8 @@ def simulate(
         specs=world.attributes,
         experiences=[e.key for e in world.experiences],
         net_values=world.net_values,
-        order=[spec.name for spec in world.attributes],
+        order=None,
+        control=world.control_index,
         min_exploration=Settings().min_exploration,
     )
     policies = [

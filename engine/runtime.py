@@ -86,7 +86,8 @@ def aggregate_by_experience(
 
 
 def fit_snapshot_tree(table: CellTable, catalog: Catalog) -> TreePosterior:
-    """The hierarchical posterior of the stored cells along the catalog's segmentation."""
+    """The hierarchical posterior of the stored cells along the catalog's segmentation; the control
+    experience (the first by key if several are marked) anchors the fatigue of repeats."""
     labels = catalog.scale.labels if catalog.scale else ()
     segments, segment_index = np.unique(table.segments.astype(str), return_inverse=True)
     experiences, experience_index = np.unique(table.experiences.astype(str), return_inverse=True)
@@ -104,6 +105,8 @@ def fit_snapshot_tree(table: CellTable, catalog: Catalog) -> TreePosterior:
         table.counts[keep],
         order=catalog.segmentation,
         n_levels=len(labels),
+        n_buckets=EXPOSURE_BUCKETS,
+        control=min((k for k, e in catalog.experiences.items() if e.is_control), default=None),
     )
 
 
