@@ -112,7 +112,10 @@ def segment_insights(
         "levels": list(scale.labels),
         "half_life_days": catalog.half_life_days,
         "as_of": snapshot.table.as_of,
-        "kappas": [round(k, 3) for k in snapshot.tree.kappas],
+        "kappas": {
+            experience: [round(float(k), 3) for k in snapshot.tree.kappas[:, i]]
+            for i, experience in enumerate(snapshot.tree.experiences)
+        },
         "nodes": out,
     }
 
@@ -335,8 +338,9 @@ def iter_scores(
     *, session: Session, runtime: Runtime, chunks: Iterable[Sequence[Customer]]
 ) -> Iterator[CustomerScore]:
     catalog = runtime.catalog(session)
-    snapshot = runtime.stats(session, catalog)
+    catalog.require_scale()
     control_key(catalog)
+    snapshot = runtime.stats(session, catalog)
     for customers in chunks:
         yield from score_customers(
             session=session,

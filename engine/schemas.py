@@ -459,7 +459,9 @@ class SegmentInsights(BaseModel):
     levels: list[str]
     half_life_days: float
     as_of: dt.datetime
-    kappas: list[float] = Field(description="Fitted prior concentration per depth")
+    kappas: dict[str, list[float]] = Field(
+        description="Fitted prior concentration per experience and depth (root first)"
+    )
     nodes: list[SegmentNode]
 
 
