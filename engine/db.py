@@ -86,8 +86,8 @@ def execute_many(session: Session, statement: Insert, rows: list[dict[str, Any]]
     session.connection().exec_driver_sql(str(compiled), values)
 
 
-EXPOSURE_CHUNK = 5000
-"""Pairs per statement in add_exposures: 3 parameters each, under SQLite's limit of 32,766."""
+EXPOSURE_CHUNK = 1024
+"""Most pairs per statement in add_exposures (3 parameters each, far under SQLite's 32,766)."""
 
 
 def add_exposures(
@@ -99,12 +99,17 @@ def add_exposures(
     One multi-row ``INSERT ... ON CONFLICT DO UPDATE ... RETURNING`` per chunk: the database
     answers the new counts itself, in one statement, on SQLite (3.35+) as on PostgreSQL. The
     pairs must be distinct; give them sorted so that concurrent writers lock rows in one order.
+    Chunks come in power-of-two sizes, so that few statement texts exist: the drivers keep
+    prepared statements by text, and one per batch size would grow their caches without end.
     """
     marker = "?" if session.get_bind().dialect.name == "sqlite" else "%s"
     connection = session.connection()
     after: dict[tuple[str, str], int] = {}
-    for start in range(0, len(additions), EXPOSURE_CHUNK):
-        chunk = additions[start : start + EXPOSURE_CHUNK]
+    start = 0
+    while start < len(additions):
+        size = min(EXPOSURE_CHUNK, 1 << ((len(additions) - start).bit_length() - 1))
+        chunk = additions[start : start + size]
+        start += size
         values = ", ".join([f"({marker}, {marker}, {marker})"] * len(chunk))
         sql = (
             f"INSERT INTO exposures (customer_id, experience_key, count) VALUES {values} "
