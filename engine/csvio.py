@@ -36,7 +36,13 @@ from engine.customers import clean_attributes
 from engine.db import dialect_insert
 from engine.errors import InvalidInput
 from engine.models import Customer, ImportRun, Outcome, utcnow
-from engine.triples import FUTURE_TOLERANCE, Triple, parse_event, spooled_triple, store_triples
+from engine.triples import (
+    FUTURE_TOLERANCE,
+    parse_event,
+    spooled_triple,
+    store_triples,
+    unspooled_triple,
+)
 
 ImportKind = Literal["events", "customers"]
 EVENT_COLUMNS = (
@@ -194,6 +200,7 @@ class _EventParser:
             for i, name in enumerate(header)
             if name not in EVENT_COLUMNS
         )
+        self._seen: dict[tuple[str, ...], dict[str, Any]] = {}
 
     def __call__(self, cells: list[str]) -> tuple[Any, ...]:
         fast = self._fast(cells) if len(cells) == len(self._header) else None
@@ -217,15 +224,34 @@ class _EventParser:
         money = _fast_money(value), _fast_money(cost)
         if moment is None or moment > self._latest or _SLOW in money:
             return None
+        attributes = self._converted(cells)
+        if attributes is None:
+            return None
+        naive = moment.replace(tzinfo=None)  # the spooled form (triples.spooled_triple)
+        return (customer_id, experience, result, naive, *money, attributes, key or None)
+
+    def _converted(self, cells: list[str]) -> dict[str, Any] | None:
+        """The row's attributes (None: a cell for parse_event to judge). A customer's rows carry
+        the same cells: they share one dict, which the spool then pickles once per batch."""
+        raw = tuple(cells[i] for i, _, _ in self._attributes)
+        found = self._seen.get(raw)
+        if found is not None:
+            return found
         attributes: dict[str, Any] = {}
-        for i, name, convert in self._attributes:
-            text = cells[i]
+        for (_, name, convert), text in zip(self._attributes, raw, strict=True):
             if text:
                 clean = convert(text)
                 if clean is _SLOW:
                     return None
                 attributes[name] = clean
-        return (customer_id, experience, result, moment, *money, attributes, key or None)
+        if len(self._seen) >= SHARED_ATTRIBUTES:
+            self._seen.clear()
+        self._seen[raw] = attributes
+        return attributes
+
+
+SHARED_ATTRIBUTES = 100_000
+"""Distinct attribute rows an import remembers (to share their dicts) before starting over."""
 
 
 def _fast_time(text: str) -> dt.datetime | None:
@@ -355,7 +381,7 @@ def _spooled(spool: BinaryIO, kind: ImportKind) -> Iterator[list[Any]]:
             rows = pickle.load(spool)
         except EOFError:
             return
-        yield [Triple(*row) for row in rows] if kind == "events" else rows
+        yield [unspooled_triple(row) for row in rows] if kind == "events" else rows
 
 
 def _validate(

@@ -96,7 +96,11 @@ def apply_increments(session: Session, sums: Mapping[CellKey, list[float]]) -> N
             "experience_key": key[1],
             "exposure_bucket": key[2],
             "level": key[3],
-            **dict(zip(names, values, strict=True)),
+            "weight": values[0],
+            "value_weight": values[1],
+            "value_sum": values[2],
+            "cost_weight": values[3],
+            "cost_sum": values[4],
         }
         # A fixed order keeps concurrent writers taking row locks in the same order (no deadlock).
         for key, values in sorted(sums.items())

@@ -25,7 +25,7 @@ from engine.csvio import (
 from engine.errors import InvalidInput
 from engine.models import Customer, ImportRun, Outcome, utcnow
 from engine.runtime import Runtime
-from engine.triples import Triple, spooled_triple
+from engine.triples import spooled_triple, unspooled_triple
 from tests.test_api_triples import assert_stats_equal_replay
 
 HEADER = ["customer_id", "experience", "result", "occurred_at", "value", "plan", "tenure_months"]
@@ -286,7 +286,7 @@ def test_fast_row_parser_agrees_with_parse_event(
 
     def outcome(parse: Any) -> Any:
         try:
-            return Triple(*parse(cells))
+            return unspooled_triple(parse(cells))
         except InvalidInput as error:
             return (error.message, error.field)
 
