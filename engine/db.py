@@ -13,7 +13,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, Insert, create_engine, event
+from sqlalchemy import Connection, Engine, Insert, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session
@@ -53,7 +53,29 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(connection: Any) -> None:
+    if connection.get_execution_options().get(READ_ONLY):
+        return
     connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+READ_ONLY = "nextbest_read_only"
+"""Execution option of ``read_connection``: on SQLite, no BEGIN (each statement reads the latest
+committed data, without the write lock)."""
+
+
+@contextmanager
+def read_connection(engine: Engine) -> Iterator[Connection]:
+    """A connection for reads that need no transaction around them.
+
+    Each statement runs on its own and sees the latest committed data. On SQLite this takes no
+    write lock (transactions here begin IMMEDIATE), so reads never queue behind writers; on
+    PostgreSQL it saves the BEGIN and ROLLBACK round trips.
+    """
+    with engine.connect() as connection:
+        if is_sqlite(engine):
+            yield connection.execution_options(**{READ_ONLY: True})
+        else:
+            yield connection.execution_options(isolation_level="AUTOCOMMIT")
 
 
 def dialect_insert(session: Session) -> Any:

@@ -10,20 +10,32 @@ delivered.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from sqlalchemy import bindparam
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
 from engine import posterior
-from engine.attributes import segment_path
 from engine.catalog import Catalog
-from engine.customers import customer_for_decision
+from engine.customers import clean_attributes
+from engine.db import read_connection
+from engine.decision_log import DecisionWrite
 from engine.errors import Conflict, InvalidInput, NotFound
-from engine.models import Decision, DecisionOverride, Exposure, Outcome, utcnow
+from engine.models import (
+    Customer,
+    Decision,
+    DecisionOverride,
+    EngineState,
+    Exposure,
+    Outcome,
+    utcnow,
+)
 from engine.money import cost_by_level, level_values
-from engine.runtime import Runtime, StatsSnapshot
+from engine.runtime import CellKey, Runtime, StatsSnapshot
 from engine.schemas import (
     DecisionExplanation,
     DecisionIn,
@@ -35,28 +47,47 @@ from engine.schemas import (
 from engine.stats import exposure_bucket
 from engine.triples import StoredTriple, Triple, store_triples
 
+# The catalog version, the customer's stored attributes and its exposures, in one round trip: one
+# row per experience the customer has met (attributes NULL when there is no such customer).
+_CUSTOMER_STATE = (
+    sa_select(
+        col(EngineState.catalog_version),
+        col(Customer.attributes),
+        col(Exposure.experience_key),
+        col(Exposure.count),
+    )
+    .select_from(EngineState)
+    .outerjoin(Customer, col(Customer.id) == bindparam("customer_id"))
+    .outerjoin(Exposure, col(Exposure.customer_id) == col(Customer.id))
+    .where(col(EngineState.id) == 1)
+)
 
-def decide(*, session: Session, runtime: Runtime, decision_in: DecisionIn) -> DecisionPublic:
-    catalog = runtime.catalog(session)
+
+def decide(*, runtime: Runtime, decision_in: DecisionIn) -> DecisionPublic:
+    """Choose an experience for a customer and log the decision; returns once it is committed.
+
+    The database sees one indexed read (catalog version, customer, exposures) and one insert,
+    committed together with the decisions of concurrent requests (engine.decision_log); the
+    catalog, the statistics and the posterior draws come from the worker's caches
+    (engine.runtime), so the cost of a decision does not grow with the events logged.
+    """
+    version, stored, exposures = read_customer(runtime, decision_in.customer_id)
+    catalog = runtime.catalog_at(version)
     scale_labels = catalog.require_scale().labels
     _check_overrides(catalog, decision_in)
-    customer = customer_for_decision(
-        session=session,
-        catalog=catalog,
-        customer_id=decision_in.customer_id,
-        attributes=decision_in.attributes,
-    )
-    attributes = customer.attributes
+    attributes, customer_row = _customer(catalog, decision_in, stored)
     keys = eligible_experiences(runtime, catalog, attributes, decision_in.channel)
-    snapshot = runtime.stats(session, catalog)
-    path = segment_path(catalog.specs, catalog.segmentation, attributes)
-    exposures = customer_exposures(session, customer.id)
-    alpha, net, evidence = _posterior_inputs(
+    snapshot = runtime.stats(catalog)
+    path = runtime.segment_path(catalog, attributes)
+    alpha, net, cells, evidence = _posterior_inputs(
         catalog, snapshot, keys, attributes, path, exposures, decision_in
     )
-    draws = posterior.dirichlet_draws(alpha, runtime.settings.posterior_draws, runtime.rng)
-    value_draws = np.einsum("skl,kl->sk", draws, net)
-    summary = posterior.summarize(alpha, net, value_draws)
+    # Joint draws of the candidates' net values, shape (K, S): each candidate's cell draws
+    # (engine.runtime.CellDraws) times its net value per level.
+    values = np.stack(
+        [snapshot.draws.get(cell, a) @ n for cell, a, n in zip(cells, alpha, net, strict=True)]
+    )
+    summary = posterior.summarize(alpha, net, values.T)
     explore = 0.0 if decision_in.exploit else runtime.settings.min_exploration
     if decision_in.exploit:
         chosen, source = int(np.argmax(summary.mean)), "exploit"
@@ -65,56 +96,115 @@ def decide(*, session: Session, runtime: Runtime, decision_in: DecisionIn) -> De
         if runtime.rng.random() < explore:
             chosen, source = int(runtime.rng.integers(len(keys))), "explore"
         else:
-            chosen, source = int(np.argmax(value_draws[0])), "thompson"
+            # Thompson sampling: the best experience of one joint draw picked at random, so that
+            # P(best) from the same draws is exactly the probability of this choice.
+            draw = int(runtime.rng.integers(values.shape[1]))
+            chosen, source = int(np.argmax(values[:, draw])), "thompson"
         propensity = posterior.thompson_propensity(summary.p_best, chosen, explore=explore)
-    order = np.argsort(-summary.mean, kind="stable")
-    ranked = [
-        RankedExperience(
-            experience=keys[k],
-            expected_net_value=round(float(summary.mean[k]), 4),
-            ci90=(round(float(summary.ci_low[k]), 4), round(float(summary.ci_high[k]), 4)),
-            p_best=round(float(summary.p_best[k]), 4),
+    ranked = _ranked(keys, summary)
+    now = utcnow()
+    decision_id = str(uuid.uuid4())
+    runtime.decision_log.log(
+        DecisionWrite(
+            decision={
+                "id": decision_id,
+                "customer_id": decision_in.customer_id,
+                "created_at": now,
+                "channel": decision_in.channel,
+                "agent_id": decision_in.agent_id,
+                "attributes": attributes,
+                "segment": catalog.finest_segment(attributes),
+                "candidates": ranked,
+                "experience_key": keys[chosen],
+                "propensity": propensity,
+                "source": source,
+                "rule_id": None,
+                "ruleset_version": None,
+                "experiment_key": None,
+                "arm": None,
+                "overrides": {"values": decision_in.values or {}, "costs": decision_in.costs or {}},
+            },
+            customer=customer_row,
         )
-        for k in order
-    ]
-    decision = Decision(
-        id=str(uuid.uuid4()),
-        customer_id=customer.id,
-        created_at=utcnow(),
-        channel=decision_in.channel,
-        agent_id=decision_in.agent_id,
-        attributes=attributes,
-        segment=catalog.finest_segment(attributes),
-        candidates=[r.model_dump() for r in ranked],
-        experience_key=keys[chosen],
-        propensity=propensity,
-        source=source,
-        overrides={"values": decision_in.values or {}, "costs": decision_in.costs or {}},
     )
-    session.add(decision)
-    session.flush()
+    mean = posterior.dirichlet_mean(alpha[chosen]).tolist()
     return DecisionPublic(
-        decision_id=decision.id,
-        customer_id=customer.id,
-        experience=decision.experience_key,
+        decision_id=decision_id,
+        customer_id=decision_in.customer_id,
+        experience=keys[chosen],
         propensity=round(propensity, 6),
         source=source,
         rule=None,
         experiment=None,
-        ranked=ranked[: decision_in.top_k],
-        segment=decision.segment,
+        ranked=[RankedExperience.model_validate(r) for r in ranked[: decision_in.top_k]],
+        segment=catalog.finest_segment(attributes),
         explanation=DecisionExplanation(
             segment_path=path,
             evidence=evidence,
             outcome_distribution={
-                label: round(float(p), 4)
-                for label, p in zip(
-                    scale_labels, posterior.dirichlet_mean(alpha[chosen]), strict=True
-                )
+                label: round(p, 4) for label, p in zip(scale_labels, mean, strict=True)
             },
         ),
-        created_at=decision.created_at,
+        created_at=now,
     )
+
+
+def read_customer(
+    runtime: Runtime, customer_id: str
+) -> tuple[int | None, dict[str, Any] | None, dict[str, int]]:
+    """(catalog version, the customer's stored attributes, its exposures per experience).
+
+    The version is None while the database has no engine state yet; the attributes are None for
+    an unknown customer. One statement, outside any transaction (engine.db.read_connection).
+    """
+    with read_connection(runtime.engine) as connection:
+        rows = connection.execute(_CUSTOMER_STATE, {"customer_id": customer_id}).all()
+    if not rows:
+        return None, None, {}
+    version, attributes = rows[0][0], rows[0][1]
+    exposures = {key: count for _, _, key, count in rows if key is not None}
+    return int(version), attributes, exposures
+
+
+def _customer(
+    catalog: Catalog, decision_in: DecisionIn, stored: dict[str, Any] | None
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The customer's attributes for this decision (given ones merged over stored ones), and the
+    customer row to store with the decision when it creates the customer or changes it."""
+    if stored is None and decision_in.attributes is None:
+        raise NotFound(
+            f"no customer {decision_in.customer_id!r}; send attributes to create it with the "
+            "decision",
+            field="customer_id",
+        )
+    given = clean_attributes(catalog, decision_in.attributes or {})
+    if stored is not None and not any(stored.get(k) != v for k, v in given.items()):
+        return stored, None
+    attributes = given if stored is None else {**stored, **given}
+    now = utcnow()
+    row = {
+        "id": decision_in.customer_id,
+        "name": None,
+        "attributes": attributes,
+        "created_at": now,
+        "updated_at": now,
+    }
+    return attributes, row
+
+
+def _ranked(keys: list[str], summary: posterior.NetValueSummary) -> list[dict[str, Any]]:
+    """Every candidate with its scores, best expected net value first (stable on ties)."""
+    mean = summary.mean.tolist()
+    low, high, p_best = summary.ci_low.tolist(), summary.ci_high.tolist(), summary.p_best.tolist()
+    return [
+        {
+            "experience": keys[k],
+            "expected_net_value": round(mean[k], 4),
+            "ci90": [round(low[k], 4), round(high[k], 4)],
+            "p_best": round(p_best[k], 4),
+        }
+        for k in np.argsort(-summary.mean, kind="stable").tolist()
+    ]
 
 
 def _check_overrides(catalog: Catalog, decision_in: DecisionIn) -> None:
@@ -125,15 +215,13 @@ def _check_overrides(catalog: Catalog, decision_in: DecisionIn) -> None:
 
 
 def eligible_experiences(
-    runtime: Runtime, catalog: Catalog, attributes: dict[str, Any], channel: str | None
+    runtime: Runtime, catalog: Catalog, attributes: Mapping[str, Any], channel: str | None
 ) -> list[str]:
-    keys = []
-    for key, info in catalog.experiences.items():
-        if not info.active or (channel and info.channels and channel not in info.channels):
-            continue
-        predicate = runtime.eligibility(catalog, key)
-        if predicate is None or predicate(attributes):
-            keys.append(key)
+    keys = [
+        key
+        for key, predicate in runtime.candidates(catalog, channel)
+        if predicate is None or predicate(attributes)
+    ]
     if not keys:
         raise Conflict(
             "no active experience is eligible for this customer"
@@ -143,40 +231,31 @@ def eligible_experiences(
     return keys
 
 
-def customer_exposures(session: Session, customer_id: str) -> dict[str, int]:
-    """How many results this customer already has per experience."""
-    rows = session.execute(
-        select(Exposure.experience_key, Exposure.count).where(
-            col(Exposure.customer_id) == customer_id
-        )
-    )
-    return {key: count for key, count in rows.all()}  # noqa: C416  (Row -> pair)
-
-
 def _posterior_inputs(
     catalog: Catalog,
     snapshot: StatsSnapshot,
     keys: list[str],
-    attributes: dict[str, Any],
+    attributes: Mapping[str, Any],
     path: list[str],
-    exposures: dict[str, int],
+    exposures: Mapping[str, int],
     decision_in: DecisionIn,
-) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
-    """Dirichlet parameters and per-level net values for the candidates, both shape (K, L), and
-    the evidence behind each: the cell of the segment tree the posterior comes from.
+) -> tuple[np.ndarray, np.ndarray, list[CellKey], list[dict[str, Any]]]:
+    """Dirichlet parameters and per-level net values for the candidates, both shape (K, L), the
+    cell each posterior comes from, and the evidence behind it.
 
     Each candidate's posterior is that of the deepest cell with data on the customer's segment
     path, in the customer's exposure bucket for that experience (engine.hierarchy).
     """
     scale = catalog.require_scale()
     n_levels = len(scale.levels)
-    per_experience = [snapshot.experience(k, n_levels) for k in keys]
     alpha = np.empty((len(keys), n_levels))
+    cells: list[CellKey] = []
     evidence = []
     for k, key in enumerate(keys):
         bucket = exposure_bucket(exposures.get(key, 0))
         alpha[k], depth = snapshot.tree.cell(path, key, bucket)
         node = path[depth] if depth >= 0 else None
+        cells.append((node, key, bucket))
         counts = snapshot.tree.counts.get((node, key, bucket)) if node is not None else None
         evidence.append(
             {
@@ -187,14 +266,12 @@ def _posterior_inputs(
             }
         )
     values = level_values(scale, attributes, decision_in.values)
+    unknown = np.isnan(values)
     net = np.empty((len(keys), n_levels))
-    for k, (key, s) in enumerate(zip(keys, per_experience, strict=True)):
-        learned = np.divide(
-            s.value_sums, s.value_weights, out=np.zeros(n_levels), where=s.value_weights > 0
-        )
-        v = np.where(np.isnan(values), learned, values)
+    for k, key in enumerate(keys):
+        v = np.where(unknown, snapshot.learned_values(key, n_levels), values)
         net[k] = v - cost_by_level(catalog.experiences[key], scale, attributes, decision_in.costs)
-    return alpha, net, evidence
+    return alpha, net, cells, evidence
 
 
 # Outcomes --------------------------------------------------------------------------------------
