@@ -265,12 +265,15 @@ async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
     settings = settings or (runtime.settings if runtime else Settings())
+    owned = runtime is None
     runtime = runtime or Runtime(settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         start(runtime)
         yield
+        if owned:
+            runtime.close()
 
     app = FastAPI(
         title="nextbest",

@@ -142,7 +142,7 @@ def in_process(dbs: dict[str, dict[str, Any]], *, decisions: int, block: int) ->
             "stats_refresh_ms": _refresh_ms(runtimes[label]),
             "all_logged": logged == (rounds + 1) * block,
         }
-        runtimes[label].engine.dispose()
+        runtimes[label].close()
     return out
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import Engine, Insert, Table, insert
 from sqlalchemy.dialects import postgresql, sqlite
 
+from engine import prepared
 from engine.models import Customer, Decision
 
 DECISIONS: Table = Decision.__table__  # type: ignore[attr-defined]
@@ -51,6 +52,9 @@ class DecisionLog:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._upsert = _customer_upsert(engine)
+        self._insert_decision = prepared.Prepared.compile(
+            insert(DECISIONS), engine, [c.name for c in DECISIONS.columns]
+        )
         self._lock = threading.Lock()
         self._queue: list[_Ticket] = []
         self._writing = False
@@ -109,18 +113,21 @@ class DecisionLog:
         # A later decision in the batch carries the newer attributes; ids in order so that
         # concurrent transactions lock customer rows in the same order.
         customers = {w.customer["id"]: w.customer for w in writes if w.customer is not None}
-        with self.engine.begin() as connection:
+        with prepared.cursor(self.engine, write=True) as cursor:
             if customers:
-                connection.execute(self._upsert, [customers[i] for i in sorted(customers)])
-            connection.execute(_INSERT, [w.decision for w in writes])
+                cursor.executemany(
+                    self._upsert.sql,
+                    [self._upsert.parameters(customers[i]) for i in sorted(customers)],
+                )
+            cursor.executemany(
+                self._insert_decision.sql,
+                [self._insert_decision.parameters(w.decision) for w in writes],
+            )
         self.transactions += 1
         self.decisions += len(writes)
 
 
-_INSERT = insert(DECISIONS)
-
-
-def _customer_upsert(engine: Engine) -> Insert:
+def _customer_upsert(engine: Engine) -> prepared.Prepared:
     """INSERT a customer, or on conflict replace its attributes (SQLite and PostgreSQL)."""
     module: Any = postgresql if engine.dialect.name == "postgresql" else sqlite
     statement = module.insert(CUSTOMERS)
@@ -131,7 +138,10 @@ def _customer_upsert(engine: Engine) -> Insert:
             "updated_at": statement.excluded.updated_at,
         },
     )
-    return upsert
+    return prepared.Prepared.compile(upsert, engine, CUSTOMER_COLUMNS)
+
+
+CUSTOMER_COLUMNS = ("id", "name", "attributes", "created_at", "updated_at")
 
 
 __all__ = ["DecisionLog", "DecisionWrite"]

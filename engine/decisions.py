@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -19,10 +20,9 @@ from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
-from engine import posterior
-from engine.catalog import Catalog
+from engine import posterior, prepared
+from engine.catalog import Catalog, ExperienceInfo, Scale
 from engine.customers import clean_attributes
-from engine.db import read_connection
 from engine.decision_log import DecisionWrite
 from engine.errors import Conflict, InvalidInput, NotFound
 from engine.models import (
@@ -83,10 +83,11 @@ def decide(*, runtime: Runtime, decision_in: DecisionIn) -> DecisionPublic:
         catalog, snapshot, keys, attributes, path, exposures, decision_in
     )
     # Joint draws of the candidates' net values, shape (K, S): each candidate's cell draws
-    # (engine.runtime.CellDraws) times its net value per level.
-    values = np.stack(
-        [snapshot.draws.get(cell, a) @ n for cell, a, n in zip(cells, alpha, net, strict=True)]
-    )
+    # (engine.runtime.CellDraws) times its net value per level, in single precision like the
+    # draws (Monte Carlo error is far above float32 rounding).
+    values = np.empty((len(keys), snapshot.draws.n_draws), dtype=np.float32)
+    for k, (cell, a, n) in enumerate(zip(cells, alpha, net.astype(np.float32), strict=True)):
+        np.matmul(snapshot.draws.get(cell, a), n, out=values[k])
     summary = posterior.summarize(alpha, net, values.T)
     explore = 0.0 if decision_in.exploit else runtime.settings.min_exploration
     if decision_in.exploit:
@@ -155,15 +156,28 @@ def read_customer(
     """(catalog version, the customer's stored attributes, its exposures per experience).
 
     The version is None while the database has no engine state yet; the attributes are None for
-    an unknown customer. One statement, outside any transaction (engine.db.read_connection).
+    an unknown customer. One statement, outside any transaction (engine.prepared).
     """
-    with read_connection(runtime.engine) as connection:
-        rows = connection.execute(_CUSTOMER_STATE, {"customer_id": customer_id}).all()
+    statement = _prepared_state(runtime)
+    with prepared.cursor(runtime.engine, write=False) as cursor:
+        cursor.execute(statement.sql, statement.parameters({"customer_id": customer_id}))
+        rows = statement.read(cursor.fetchall())
     if not rows:
         return None, None, {}
     version, attributes = rows[0][0], rows[0][1]
     exposures = {key: count for _, _, key, count in rows if key is not None}
     return int(version), attributes, exposures
+
+
+_PREPARED: dict[str, prepared.Prepared] = {}
+
+
+def _prepared_state(runtime: Runtime) -> prepared.Prepared:
+    dialect = runtime.engine.dialect.name
+    found = _PREPARED.get(dialect)
+    if found is None:
+        found = _PREPARED[dialect] = prepared.Prepared.compile(_CUSTOMER_STATE, runtime.engine)
+    return found
 
 
 def _customer(
@@ -254,24 +268,46 @@ def _posterior_inputs(
     for k, key in enumerate(keys):
         bucket = exposure_bucket(exposures.get(key, 0))
         alpha[k], depth = snapshot.tree.cell(path, key, bucket)
-        node = path[depth] if depth >= 0 else None
-        cells.append((node, key, bucket))
-        counts = snapshot.tree.counts.get((node, key, bucket)) if node is not None else None
+        cell = (path[depth] if depth >= 0 else None, key, bucket)
+        cells.append(cell)
         evidence.append(
             {
                 "experience": key,
-                "segment": node,
+                "segment": cell[0],
                 "exposure_bucket": bucket,
-                "n": round(float(counts.sum()), 2) if counts is not None else 0.0,
+                "n": snapshot.cell_total(cell),
             }
         )
-    values = level_values(scale, attributes, decision_in.values)
-    unknown = np.isnan(values)
     net = np.empty((len(keys), n_levels))
+    values: np.ndarray | None = None
     for k, key in enumerate(keys):
-        v = np.where(unknown, snapshot.learned_values(key, n_levels), values)
-        net[k] = v - cost_by_level(catalog.experiences[key], scale, attributes, decision_in.costs)
+        info = catalog.experiences[key]
+        if decision_in.values or decision_in.costs or info.cost_attribute or scale.per_customer:
+            if values is None:
+                values = level_values(scale, attributes, decision_in.values)
+            net[k] = _net(snapshot, scale, info, values, attributes, decision_in.costs)
+        else:
+            net[k] = snapshot.memo(("net", key), partial(_net, snapshot, scale, info))
     return alpha, net, cells, evidence
+
+
+def _net(
+    snapshot: StatsSnapshot,
+    scale: Scale,
+    info: ExperienceInfo,
+    values: np.ndarray | None = None,
+    attributes: Mapping[str, Any] | None = None,
+    costs: Mapping[str, float] | None = None,
+) -> np.ndarray:
+    """Value minus cost incurred, per level: shape (L,). Levels without a declared value take the
+    mean realised value learned for the experience."""
+    attributes = attributes or {}
+    if values is None:
+        values = level_values(scale, attributes)
+    n_levels = len(scale.levels)
+    known = np.where(np.isnan(values), snapshot.learned_values(info.key, n_levels), values)
+    result: np.ndarray = known - cost_by_level(info, scale, attributes, costs)
+    return result
 
 
 # Outcomes --------------------------------------------------------------------------------------

@@ -7,7 +7,9 @@ never the event log:
   with its customer), with the compiled eligibility rules and the candidates of each channel;
 - a snapshot of the cell statistics and its fitted tree, reloaded at most every
   ``stats_refresh_seconds`` and sooner after this worker's own writes. One thread reloads while
-  the others go on deciding on the snapshot they have; only a catalog change makes them wait;
+  the others go on deciding on the snapshot they have; only a catalog change makes them wait.
+  When the interval is up, a one-row aggregate tells whether any cell changed; if none did, the
+  snapshot (and its draws) serves on, re-read at least every ``KEEP_UNCHANGED_SECONDS``;
 - per snapshot, the posterior draws of the cells that decisions asked for (``CellDraws``);
 - the API keys it checked in the last ``auth_cache_seconds`` (``engine.auth.KeyCache``).
 """
@@ -17,12 +19,13 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
 import numpy as np
-from sqlalchemy import Engine
+from sqlalchemy import Engine, func
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, select
 
 from engine import posterior
@@ -30,16 +33,22 @@ from engine.attributes import segment_path
 from engine.auth import KeyCache
 from engine.catalog import Catalog, engine_state, load_catalog
 from engine.config import Settings
-from engine.db import make_engine, read_connection
+from engine.db import WalCheckpointer, is_sqlite, make_engine, read_connection
 from engine.decision_log import DecisionLog
 from engine.hierarchy import NodeKey, TreePosterior, fit_tree
-from engine.models import EngineState, utcnow
+from engine.models import CellStat, EngineState, utcnow
 from engine.stats import EXPOSURE_BUCKETS, CellTable, load_cell_table
 
 Predicate = Callable[[Mapping[str, Any]], bool]
+_FINGERPRINT = sa_select(func.count(), func.coalesce(func.sum(CellStat.weight), 0.0)).select_from(
+    CellStat
+)
 CellKey = tuple[NodeKey | None, str, int]
 """(node of the segment tree, or None for the experience's pooled root; experience; bucket)."""
 
+KEEP_UNCHANGED_SECONDS = 60.0
+"""Longest a snapshot serves while no cell changes: its counts were decayed to its load time, and
+a minute of decay moves them by 2^(-1 / (90 x 1440)), five parts in a million."""
 CELL_DRAWS_BUDGET = 64 * 2**20
 """Bytes of posterior draws a worker keeps per snapshot; cells beyond it are drawn per decision."""
 MEMO_SIZE = 100_000
@@ -100,6 +109,14 @@ class CellDraws:
         return len(self._draws)
 
 
+_MISSING = object()
+T = TypeVar("T")
+
+
+def _total(counts: np.ndarray | None) -> float:
+    return round(float(counts.sum()), 2) if counts is not None else 0.0
+
+
 @dataclass(frozen=True)
 class StatsSnapshot:
     table: CellTable
@@ -110,6 +127,12 @@ class StatsSnapshot:
     draws: CellDraws
     learned: Mapping[str, np.ndarray] = field(default_factory=dict)
     """Per experience, the mean realised value of each level (0 where none was reported): (L,)."""
+    fingerprint: tuple[int, float] | None = None
+    """Number of stored cells and sum of their weights when this snapshot was read: each result
+    adds a positive weight, so any new result changes it."""
+    read_at: float = 0.0
+    """When the cells were last read (``loaded_at`` moves on while they stay unchanged)."""
+    _memo: dict[Hashable, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def experience(self, key: str, n_levels: int) -> ExperienceStats:
         found = self.by_experience.get(key)
@@ -121,6 +144,22 @@ class StatsSnapshot:
     def learned_values(self, key: str, n_levels: int) -> np.ndarray:
         found = self.learned.get(key)
         return found if found is not None else np.zeros(n_levels)
+
+    def cell_total(self, cell: CellKey) -> float:
+        """Decayed number of results behind a cell (0 for an experience's pooled root)."""
+        node, key, bucket = cell
+        if node is None:
+            return 0.0
+        return self.memo(cell, lambda: _total(self.tree.counts.get((node, key, bucket))))
+
+    def memo(self, key: Hashable, compute: Callable[[], T]) -> T:
+        """``compute()``, once per snapshot and ``key``: values derived from these statistics
+        alone (a cell's total, an experience's net value per level when no customer changes
+        it)."""
+        found = self._memo.get(key, _MISSING)
+        if found is _MISSING:
+            found = self._memo[key] = compute()
+        return found  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
@@ -246,7 +285,13 @@ class Runtime:
 
     def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
         self.settings = settings
-        self.engine = engine if engine is not None else make_engine(settings.database_url)
+        self.checkpointer: WalCheckpointer | None = None
+        if engine is None:
+            engine = make_engine(settings.database_url)
+            if is_sqlite(engine) and engine.url.database not in (None, "", ":memory:"):
+                self.checkpointer = WalCheckpointer(engine)
+                self.checkpointer.start()
+        self.engine = engine
         self.rng = np.random.default_rng(settings.seed)
         self.keys = KeyCache(ttl_seconds=settings.auth_cache_seconds)
         self._lock = threading.Lock()
@@ -262,6 +307,13 @@ class Runtime:
 
     def session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
+
+    def close(self) -> None:
+        """Stop background work (the SQLite checkpointer) and close the connections."""
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
+            self.checkpointer = None
+        self.engine.dispose()
 
     # Catalog -----------------------------------------------------------------------------------
 
@@ -374,9 +426,25 @@ class Runtime:
                 and not self._stale(cached)
             ):
                 return cached
+            if (
+                cached is not None
+                and cached.catalog_version == catalog.version
+                and not self._stats_dirty
+                and time.monotonic() - cached.read_at < KEEP_UNCHANGED_SECONDS
+            ):
+                fingerprint = self._fingerprint()
+                if fingerprint == cached.fingerprint:
+                    kept = replace(cached, loaded_at=time.monotonic())
+                    self._stats = kept
+                    return kept
             return self._reload(catalog, now)
         finally:
             self._refresh_lock.release()
+
+    def _fingerprint(self) -> tuple[int, float]:
+        with read_connection(self.engine) as connection:
+            n, total = connection.execute(_FINGERPRINT).one()
+        return int(n), float(total)
 
     def _stale(self, snapshot: StatsSnapshot | None) -> bool:
         if snapshot is None:
@@ -387,6 +455,8 @@ class Runtime:
 
     def _reload(self, catalog: Catalog, now: dt.datetime | None) -> StatsSnapshot:
         self._stats_dirty = False  # writes from here on are not in this load: they mark it again
+        # Before the read: a change that lands in between makes the next check reload again.
+        fingerprint = self._fingerprint()
         # A single read: on SQLite it must not wait for the write lock, which a caller might hold.
         with read_connection(self.engine) as connection, Session(bind=connection) as session:
             table = load_cell_table(session, catalog=catalog, now=now or utcnow())
@@ -401,6 +471,8 @@ class Runtime:
             loaded_at=time.monotonic(),
             draws=CellDraws(self.settings.posterior_draws, self.rng),
             learned=learned_values(by_experience),
+            fingerprint=fingerprint,
+            read_at=time.monotonic(),
         )
         self._stats = snapshot
         return snapshot

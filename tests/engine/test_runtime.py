@@ -15,6 +15,7 @@ from engine import runtime as runtime_module
 from engine.attributes import AttributeSpec
 from engine.catalog import Catalog, Level, Scale
 from engine.hierarchy import fit_tree
+from engine.models import CellStat
 from engine.runtime import CellDraws, Runtime, aggregate_by_experience, fit_snapshot_tree
 from engine.stats import CellTable
 
@@ -150,6 +151,7 @@ def test_one_reload_at_a_time_and_nobody_waits_for_it(
     assert len(slow_loads) == 1  # no snapshot yet: all four wait for one load
     assert all(s is first[0] for s in first)
     time.sleep(0.5)
+    add_cell(runtime)
     start = time.monotonic()
     stale = in_threads(4, lambda: (runtime.stats(shop), time.monotonic() - start))
     assert len(slow_loads) == 2  # one thread reloads ...
@@ -158,6 +160,35 @@ def test_one_reload_at_a_time_and_nobody_waits_for_it(
     assert len(fresh) == 1 and len(served_stale) == 3  # ... the others keep deciding
     assert max(served_stale) < 0.25
     assert runtime.stats(shop) is fresh[0]
+
+
+def add_cell(runtime: Runtime, weight: float = 1.0) -> None:
+    with runtime.session() as session:
+        session.add(
+            CellStat(
+                segment="plan=basic",
+                experience_key="a",
+                exposure_bucket=0,
+                level="retained",
+                weight=weight,
+            )
+        )
+        session.commit()
+
+
+def test_unchanged_cells_keep_the_snapshot_and_its_draws(
+    runtime: Runtime, slow_loads: list[float]
+) -> None:
+    runtime.settings.stats_refresh_seconds = 0.0
+    shop = catalog()
+    first = runtime.stats(shop)
+    kept = runtime.stats(shop)
+    assert len(slow_loads) == 1
+    assert kept is not first and kept.draws is first.draws and kept.tree is first.tree
+    add_cell(runtime)
+    changed = runtime.stats(shop)
+    assert len(slow_loads) == 2 and changed.draws is not first.draws
+    assert changed.fingerprint == (1, 1.0)
 
 
 def test_a_new_catalog_waits_for_its_statistics(runtime: Runtime, slow_loads: list[float]) -> None:
