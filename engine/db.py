@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, Insert, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session
 
@@ -40,7 +42,34 @@ def make_engine(url: str) -> Engine:
         # that a writer takes the lock up front instead of failing on upgrade (SQLITE_BUSY).
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return create_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
+    engine = create_engine(url, pool_size=10, max_overflow=20)
+    event.listen(engine, "checkin", _checked_in)
+    event.listen(engine, "checkout", _ping_if_idle)
+    return engine
+
+
+PING_AFTER_IDLE_SECONDS = 1.0
+"""A pooled PostgreSQL connection idle for longer is pinged before use (a stale one is replaced)."""
+
+
+def _checked_in(_dbapi_connection: Any, record: Any) -> None:
+    record.info["idle_since"] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    """Pre-ping, but only for connections that sat in the pool: one that was in use a moment ago
+    is alive, and a ping is a round trip (two per decision at a thousand decisions per second).
+    Raising DisconnectionError makes the pool replace the connection and try again."""
+    idle_since = record.info.get("idle_since")
+    if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_SECONDS:
+        return
+    try:
+        autocommit = dbapi_connection.autocommit
+        dbapi_connection.autocommit = True
+        dbapi_connection.execute("SELECT 1")
+        dbapi_connection.autocommit = autocommit
+    except Exception as error:
+        raise DisconnectionError(str(error)) from error
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -4,6 +4,7 @@ SQLAlchemy's exceptions."""
 from __future__ import annotations
 
 import datetime as dt
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from sqlalchemy import Engine, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from engine import prepared
-from engine.db import WalCheckpointer, make_engine
+from engine.db import PING_AFTER_IDLE_SECONDS, WalCheckpointer, make_engine
 from engine.models import Customer
 
 CUSTOMERS = Customer.__table__  # type: ignore[attr-defined]
@@ -81,3 +82,18 @@ def test_wal_checkpointer(tmp_path: Path) -> None:
     with fresh.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 1000
     fresh.dispose()
+
+
+def test_an_idle_postgresql_connection_is_pinged_and_replaced_when_dead(db: Engine) -> None:
+    if db.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL pool behaviour")
+    engine = make_engine(db.url.render_as_string(hide_password=False))
+    with engine.connect() as connection:
+        pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+    with db.connect() as admin:
+        admin.exec_driver_sql(f"SELECT pg_terminate_backend({pid})")
+    time.sleep(PING_AFTER_IDLE_SECONDS + 0.1)
+    with prepared.cursor(engine, write=False) as cursor:  # pinged, found dead, replaced
+        cursor.execute("SELECT pg_backend_pid()")
+        assert cursor.fetchone()[0] != pid
+    engine.dispose()
