@@ -115,34 +115,47 @@ def _summary(latencies: list[float]) -> dict[str, Any]:
     }
 
 
-def in_process(dbs: dict[str, dict[str, Any]], *, decisions: int, block: int) -> dict[str, Any]:
-    """Decisions one at a time against each database, alternating blocks of ``block``."""
+def in_process(
+    dbs: dict[str, dict[str, Any]], *, decisions: int, block: int, warmup: int
+) -> dict[str, Any]:
+    """Decisions one at a time against each database: ``warmup`` first (caches fill: catalog,
+    statistics, the posterior draws of the cells met), then alternating blocks of ``block``."""
     runtimes = {label: Runtime(Settings(database_url=db["url"])) for label, db in dbs.items()}
     ids = {label: customer_ids(db["url"]) for label, db in dbs.items()}
     rng = np.random.default_rng(11)
-    latencies: dict[str, list[float]] = {label: [] for label in dbs}
     before = {label: count_decisions(db["url"]) for label, db in dbs.items()}
+
+    def run(label: str, n: int) -> list[float]:
+        runtime, pool, out = runtimes[label], ids[label], []
+        for i in rng.integers(len(pool), size=n):
+            body = DecisionIn(customer_id=pool[i], channel=CHANNEL)
+            start = time.perf_counter()
+            _decide_once(runtime, body)
+            out.append(time.perf_counter() - start)
+        return out
+
+    cold = {label: run(label, warmup) for label in dbs}
+    latencies: dict[str, list[float]] = {label: [] for label in dbs}
     labels = list(dbs)
     rounds = max(decisions // block, 1)
-    for r in range(rounds + 1):  # round 0 warms up: caches, statement cache, page cache
+    for r in range(rounds):
         for label in labels if r % 2 else labels[::-1]:
-            runtime, pool = runtimes[label], ids[label]
-            for i in rng.integers(len(pool), size=block):
-                body = DecisionIn(customer_id=pool[i], channel=CHANNEL)
-                start = time.perf_counter()
-                _decide_once(runtime, body)
-                if r:
-                    latencies[label].append(time.perf_counter() - start)
+            latencies[label] += run(label, block)
     out: dict[str, Any] = {}
     for label, db in dbs.items():
+        runtime = runtimes[label]
+        snapshot = runtime.snapshot
         logged = count_decisions(db["url"]) - before[label]
         out[label] = {
             "events": db["events"],
             **_summary(latencies[label]),
-            "stats_refresh_ms": _refresh_ms(runtimes[label]),
-            "all_logged": logged == (rounds + 1) * block,
+            "warmup": {k: v for k, v in _summary(cold[label]).items() if k != "decisions_per_s"},
+            "cells": snapshot.table.size if snapshot else 0,
+            "cells_with_draws": len(snapshot.draws) if snapshot else 0,
+            "stats_refresh_ms": _refresh_ms(runtime),
+            "all_logged": logged == warmup + rounds * block,
         }
-        runtimes[label].close()
+        runtime.close()
     return out
 
 
@@ -294,6 +307,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="10k and 100k events, SQLite only")
     parser.add_argument("--kinds", nargs="+", choices=["sqlite", "postgresql"], help="databases")
     parser.add_argument("--decisions", type=int, help="in-process decisions per database")
+    parser.add_argument(
+        "--warmup", type=int, default=3000, help="in-process decisions before measuring"
+    )
     parser.add_argument("--seconds", type=float, help="HTTP measurement per database")
     parser.add_argument("--workers", type=int, default=2, help="server worker processes")
     parser.add_argument("--concurrency", type=int, default=32, help="connections of the load")
@@ -339,6 +355,7 @@ def main() -> None:
                     {f"{kind}_{small}": few, f"{kind}_{large}": many},
                     decisions=decisions,
                     block=250,
+                    warmup=args.warmup,
                 )
                 a, b = measured[f"{kind}_{small}"], measured[f"{kind}_{large}"]
                 measured["ratio_large_to_small"] = {

@@ -398,6 +398,11 @@ class Runtime:
                     self._paths[values] = found
         return found
 
+    @property
+    def snapshot(self) -> StatsSnapshot | None:
+        """The statistics snapshot decisions use now (None before the first decision)."""
+        return self._stats
+
     # Statistics --------------------------------------------------------------------------------
 
     def stats(self, catalog: Catalog, now: dt.datetime | None = None) -> StatsSnapshot:
