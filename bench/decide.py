@@ -331,6 +331,7 @@ def main() -> None:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "platform": platform.platform(),
+            "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         },
         "setup": {
             "experiences": 8,
@@ -370,6 +371,7 @@ def main() -> None:
                     seconds=seconds,
                     warmup=min(seconds / 3, 5.0),
                 )
+    result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(result, indent=2))
     out = args.out or (None if args.quick else ROOT / "bench" / "results" / "decide.json")
     if out is not None:
