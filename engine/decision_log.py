@@ -6,8 +6,9 @@ the database-wide write lock, which worker processes would otherwise pass back a
 that finds it taken sleeps a millisecond or more). Here the first thread to log a decision writes
 it at once; decisions logged while that transaction is open queue up, and the first of them then
 writes the whole queue in one transaction. A caller returns only after the transaction holding its
-decision has committed, so nothing is answered before it is stored. A batch that fails is retried
-one decision per transaction, so that a bad row fails its own request only.
+decision has committed, so nothing is answered before it is stored. A batch that fails on a row
+(an integrity error) is retried one decision per transaction, so that a bad row fails its own
+request only; one that fails because the database is busy or unreachable fails as a whole.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import Engine, Insert, Table, insert
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import OperationalError
 
 from engine import prepared
 from engine.models import Customer, Decision
@@ -100,8 +102,10 @@ class DecisionLog:
         try:
             self._insert([t.write for t in batch])
         except Exception as error:
-            if len(batch) == 1:
-                batch[0].error = error
+            if len(batch) == 1 or isinstance(error, OperationalError):
+                # The database is busy or gone: trying each row again would only wait again.
+                for ticket in batch:
+                    ticket.error = error
                 return
             for ticket in batch:
                 try:

@@ -9,7 +9,7 @@ import uuid
 from typing import Any
 
 import pytest
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from engine.decision_log import DecisionLog, DecisionWrite
 from engine.models import Customer, Decision, Experience, utcnow
@@ -118,3 +118,16 @@ def test_customer_rows_are_inserted_or_updated_first(log: DecisionLog, runtime: 
         assert row is not None
         assert row.attributes == {"plan": "plus"} and row.updated_at == changed["updated_at"]
     assert count(runtime, Decision) == 2
+
+
+def test_a_busy_database_fails_the_batch_without_retrying_each_row(log: DecisionLog) -> None:
+    calls: list[int] = []
+
+    def busy(batch: Any) -> None:
+        calls.append(len(batch))
+        raise OperationalError("INSERT", {}, Exception("database is locked"))
+
+    log._insert = busy  # type: ignore[method-assign]
+    errors = run_together(log, [DecisionWrite(decision()) for _ in range(4)])
+    assert all(isinstance(e, OperationalError) for e in errors)
+    assert calls == [1, 3]
