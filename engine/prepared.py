@@ -13,7 +13,7 @@ API's error mapping see the usual exceptions.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,7 +95,8 @@ def cursor(engine: Engine, *, write: bool) -> Iterator[Any]:
 
     write=False: every statement on its own, seeing the latest committed data (SQLite: no BEGIN,
     so no write lock; PostgreSQL: autocommit, no BEGIN/ROLLBACK round trips). write=True: one
-    transaction (SQLite: BEGIN IMMEDIATE), committed when the block ends, rolled back on error.
+    transaction (SQLite: BEGIN IMMEDIATE; PostgreSQL: in pipeline mode, so results are not
+    available before the block ends), committed when the block ends, rolled back on error.
     A connection that failed with a disconnect is invalidated instead of going back to the pool.
     """
     sqlite = engine.dialect.name == "sqlite"
@@ -103,17 +104,21 @@ def cursor(engine: Engine, *, write: bool) -> Iterator[Any]:
     driver: Any = connection.driver_connection
     current = None
     try:
-        if not sqlite and not write:
-            driver.autocommit = True
-        current = connection.cursor()
-        if write and sqlite:
-            current.execute("BEGIN IMMEDIATE")
-        yield current
-        if write:
-            if sqlite:
-                current.execute("COMMIT")
-            else:
-                driver.commit()
+        with ExitStack() as stack:
+            if not sqlite and not write:
+                driver.autocommit = True
+            if not sqlite and write:
+                # Pipeline mode: BEGIN, the statements and COMMIT travel in one round trip.
+                stack.enter_context(driver.pipeline())
+            current = connection.cursor()
+            if write and sqlite:
+                current.execute("BEGIN IMMEDIATE")
+            yield current
+            if write:
+                if sqlite:
+                    current.execute("COMMIT")
+                else:
+                    driver.commit()
     except engine.dialect.loaded_dbapi.Error as error:
         _rollback(connection, sqlite=sqlite, write=write)
         if engine.dialect.is_disconnect(error, driver, current):
