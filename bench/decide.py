@@ -166,7 +166,7 @@ def _refresh_ms(runtime: Runtime, repeat: int = 5) -> float:
         catalog = runtime.catalog(session)
     for _ in range(repeat):
         runtime.wrote_stats()
-        time.sleep(runtime.settings.stats_refresh_seconds / 4)
+        time.sleep(runtime.settings.stats_refresh_seconds / 2)
         start = time.perf_counter()
         runtime.stats(catalog)
         times.append(time.perf_counter() - start)

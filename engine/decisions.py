@@ -161,7 +161,7 @@ def read_customer(
     statement = _prepared_state(runtime)
     with prepared.cursor(runtime.engine, write=False) as cursor:
         cursor.execute(statement.sql, statement.parameters({"customer_id": customer_id}))
-        rows = statement.read(cursor.fetchall())
+        rows = statement.fetch(cursor)
     if not rows:
         return None, None, {}
     version, attributes = rows[0][0], rows[0][1]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine
@@ -36,8 +36,12 @@ class Prepared:
     defaults: Mapping[str, Any]
     """Values bound in the statement itself (literals such as ``id = 1``)."""
     binders: tuple[tuple[str, Processor], ...]
-    readers: tuple[Processor | None, ...]
-    """Result processor of each selected column (None: the driver's value as is)."""
+    columns: tuple[Any, ...]
+    """Types of the selected columns (empty for statements that return no rows)."""
+    dialect: Any
+    _readers: dict[tuple[Any, ...], tuple[Processor | None, ...]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def compile(
@@ -53,12 +57,9 @@ class Prepared:
             processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
             if processor is not None:
                 binders.append((name, processor))
-        readers: tuple[Processor | None, ...] = ()
+        columns: tuple[Any, ...] = ()
         if isinstance(statement, Select):
-            readers = tuple(
-                column.type.dialect_impl(dialect).result_processor(dialect, None)
-                for column in statement.selected_columns
-            )
+            columns = tuple(c.type.dialect_impl(dialect) for c in statement.selected_columns)
         positional = bool(compiled.positional)
         names = tuple(compiled.positiontup or ()) if positional else tuple(compiled.binds)
         return cls(
@@ -67,7 +68,8 @@ class Prepared:
             positional=positional,
             defaults={k: v for k, v in compiled.params.items() if v is not None},
             binders=tuple(binders),
-            readers=readers,
+            columns=columns,
+            dialect=dialect,
         )
 
     def parameters(self, values: Mapping[str, Any]) -> Sequence[Any] | dict[str, Any]:
@@ -79,12 +81,21 @@ class Prepared:
             return tuple(merged.get(name) for name in self.names)
         return merged
 
-    def read(self, rows: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
-        """Rows as SQLAlchemy would return them (result processors applied)."""
-        if not any(self.readers):
+    def fetch(self, cursor: Any) -> list[tuple[Any, ...]]:
+        """The rows of the executed statement as SQLAlchemy would return them (result processors
+        of the columns' types, chosen by the driver's type codes as SQLAlchemy does)."""
+        rows = cursor.fetchall()
+        codes = tuple(d[1] for d in cursor.description or ())
+        readers = self._readers.get(codes)
+        if readers is None:
+            readers = self._readers[codes] = tuple(
+                kind.result_processor(self.dialect, code)
+                for kind, code in zip(self.columns, codes, strict=True)
+            )
+        if not any(readers):
             return [tuple(row) for row in rows]
         return [
-            tuple(v if r is None else r(v) for v, r in zip(row, self.readers, strict=True))
+            tuple(v if r is None else r(v) for v, r in zip(row, readers, strict=True))
             for row in rows
         ]
 

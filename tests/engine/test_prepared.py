@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from engine import prepared
 from engine.db import PING_AFTER_IDLE_SECONDS, WalCheckpointer, make_engine
-from engine.models import Customer
+from engine.models import CellStat, Customer
 
 CUSTOMERS = Customer.__table__  # type: ignore[attr-defined]
 COLUMNS = ("id", "name", "attributes", "created_at", "updated_at")
@@ -34,13 +34,14 @@ def test_insert_and_read_round_trip(db: Engine) -> None:
     add = prepared.Prepared.compile(insert(CUSTOMERS), db, COLUMNS)
     with prepared.cursor(db, write=True) as cursor:
         cursor.executemany(add.sql, [add.parameters(row("c-1")), add.parameters(row("c-2"))])
-    query = select(CUSTOMERS.c.attributes, CUSTOMERS.c.updated_at, CUSTOMERS.c.id).where(
-        CUSTOMERS.c.id == bindparam("customer_id")
-    )
+    query = select(
+        CUSTOMERS.c.attributes, CUSTOMERS.c.updated_at, CUSTOMERS.c.id, CellStat.weight
+    ).where(CUSTOMERS.c.id == bindparam("customer_id"))
+    query = query.outerjoin_from(CUSTOMERS, CellStat, CellStat.segment == CUSTOMERS.c.id)
     read = prepared.Prepared.compile(query, db)
     with prepared.cursor(db, write=False) as cursor:
         cursor.execute(read.sql, read.parameters({"customer_id": "c-2"}))
-        rows = read.read(cursor.fetchall())
+        rows = read.fetch(cursor)
     with db.connect() as connection:
         through_sqlalchemy = connection.execute(query, {"customer_id": "c-2"}).all()
     assert rows == [tuple(r) for r in through_sqlalchemy]
