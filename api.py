@@ -8,10 +8,12 @@ Every route names the roles it admits through ``Allow``; admin passes everywhere
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 import json
 import logging
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -25,7 +27,16 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from engine import auth, catalog, customers, decisions, overrides, triples
+from engine import (
+    auth,
+    catalog,
+    customers,
+    decisions,
+    evaluation,
+    insights,
+    overrides,
+    triples,
+)
 from engine.config import Settings
 from engine.db import migrate
 from engine.errors import NextbestError, TooLarge
@@ -41,8 +52,11 @@ from engine.schemas import (
     CustomerIn,
     CustomerPublic,
     CustomersPublic,
+    DecayIn,
+    DecayPublic,
     DecisionIn,
     DecisionPublic,
+    EvaluateIn,
     EventIn,
     EventPublic,
     EventsBatchIn,
@@ -50,18 +64,32 @@ from engine.schemas import (
     ExperiencePublic,
     ExperiencesPublic,
     ExperienceUpdate,
+    GuardrailIn,
+    GuardrailPublic,
+    GuardrailsPublic,
     OutcomeIn,
     OutcomePublic,
     OutcomeScaleIn,
     OutcomeScalePublic,
     OverrideIn,
     OverridePublic,
+    PolicyValue,
     ReactionIn,
     ReactionPublic,
     Role,
+    RulesetCompileIn,
+    RulesetDiff,
+    RulesetPublic,
+    RulesetsPublic,
+    RulesetSummary,
     SegmentationIn,
     SegmentationPublic,
+    SegmentInsights,
+    WorklistPublic,
 )
+from engine.settle import maintain
+from rules import guardrails, versions
+from rules.compiler import Settings as CompileSettings
 
 log = logging.getLogger("nextbest.api")
 
@@ -122,6 +150,7 @@ Marketer = Annotated[Principal, Depends(Allow("marketer"))]
 Service = Annotated[Principal, Depends(Allow("service"))]
 CustomerReader = Annotated[Principal, Depends(Allow("agent", "marketer", "service"))]
 Decider = Annotated[Principal, Depends(Allow("agent", "service"))]
+WorklistReader = Annotated[Principal, Depends(Allow("agent", "marketer"))]
 Admin = Annotated[Principal, Depends(Allow())]
 
 
@@ -271,9 +300,14 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         start(runtime)
-        yield
-        if owned:
-            runtime.close()
+        upkeep = asyncio.create_task(_maintenance(runtime))
+        try:
+            yield
+        finally:
+            upkeep.cancel()
+            with suppress(asyncio.CancelledError):
+                await upkeep
+            runtime.close(release_engine=owned)
 
     app = FastAPI(
         title="nextbest",
@@ -302,6 +336,37 @@ def start(runtime: Runtime) -> None:
         if key:
             auth.ensure_key(session=session, key=key, role="admin", name="bootstrap-admin")
         session.commit()
+
+
+def _policy_value(
+    session: Session, runtime: Runtime, policies: list[str], body: EvaluateIn
+) -> PolicyValue:
+    report = evaluation.evaluate(
+        session=session,
+        runtime=runtime,
+        policies=policies,
+        since=utcnow() - dt.timedelta(days=body.days),
+        where=body.where,
+        clip=body.clip,
+    )
+    return PolicyValue.model_validate(report)
+
+
+async def _maintenance(runtime: Runtime) -> None:
+    """Settle overdue decisions every ``maintenance_seconds`` (in a thread: it is blocking I/O)."""
+    interval = runtime.settings.maintenance_seconds
+    if interval <= 0:
+        return
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            upkeep = await run_in_threadpool(maintain, runtime.engine, now=utcnow())
+        except Exception:  # the loop must outlive a failed round; the next one retries
+            log.exception("maintenance failed")
+            continue
+        if upkeep.settled or upkeep.rebased:
+            runtime.wrote_stats()
+            log.info("settled %d overdue decisions", upkeep.settled)
 
 
 def _install_routes(app: FastAPI) -> None:
@@ -404,6 +469,200 @@ def _install_routes(app: FastAPI) -> None:
     ) -> SegmentationPublic:
         row = catalog.put_segmentation(session=session, segmentation_in=body, actor=who.actor)
         return SegmentationPublic.model_validate(row, from_attributes=True)
+
+    # Rule sets
+    @app.post("/v1/rulesets:compile", tags=["rules"], status_code=201)
+    def compile_ruleset(
+        session: SessionDep,
+        runtime: RuntimeDep,
+        who: Marketer,
+        body: RulesetCompileIn | None = None,
+    ) -> RulesetPublic:
+        body = body or RulesetCompileIn()
+        row = versions.compile_version(
+            session=session,
+            runtime=runtime,
+            settings=CompileSettings(
+                budget=body.budget, min_support=body.min_support, seed=body.seed
+            ),
+            actor=who.actor,
+        )
+        return RulesetPublic.model_validate(row, from_attributes=True)
+
+    @app.get("/v1/rulesets", tags=["rules"])
+    def list_rulesets(
+        session: SessionDep,
+        _: AnyRole,
+        limit: Annotated[int, Query(ge=1, le=200)] = 50,
+        before: Annotated[int | None, Query(ge=1)] = None,
+    ) -> RulesetsPublic:
+        rows = versions.list_versions(session=session, limit=limit + 1, before=before)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return RulesetsPublic(
+            data=[RulesetSummary.model_validate(r, from_attributes=True) for r in rows],
+            next_before=rows[-1].version if more and rows else None,
+        )
+
+    @app.get("/v1/rulesets/{version}", tags=["rules"])
+    def get_ruleset(
+        version: Annotated[int, Path(ge=1)], session: SessionDep, _: AnyRole
+    ) -> RulesetPublic:
+        row = versions.get_version(session=session, version=version)
+        return RulesetPublic.model_validate(row, from_attributes=True)
+
+    @app.get("/v1/rulesets/{a}/diff/{b}", tags=["rules"])
+    def diff_rulesets(
+        a: Annotated[int, Path(ge=1)],
+        b: Annotated[int, Path(ge=1)],
+        session: SessionDep,
+        _: AnyRole,
+    ) -> RulesetDiff:
+        return RulesetDiff.model_validate(
+            versions.diff(
+                versions.get_version(session=session, version=a, field="a"),
+                versions.get_version(session=session, version=b, field="b"),
+            )
+        )
+
+    @app.post("/v1/rulesets/{version}:activate", tags=["rules"])
+    def activate_ruleset(
+        version: Annotated[int, Path(ge=1)], session: SessionDep, who: Marketer
+    ) -> RulesetPublic:
+        row = versions.activate(session=session, version=version, actor=who.actor)
+        return RulesetPublic.model_validate(row, from_attributes=True)
+
+    @app.post("/v1/rulesets/{version}:evaluate", tags=["rules"])
+    def evaluate_ruleset(
+        version: Annotated[int, Path(ge=1)],
+        session: SessionDep,
+        runtime: RuntimeDep,
+        _: Marketer,
+        body: EvaluateIn | None = None,
+    ) -> PolicyValue:
+        """What this version would have earned on logged decisions, beside the active version,
+        the current policy and the control (IPS, SNIPS and doubly robust, 95% intervals)."""
+        body = body or EvaluateIn()
+        versions.get_version(session=session, version=version)
+        active = versions.active_version(session)
+        policies = [f"ruleset:{version}", "current", "control"]
+        if active is not None and active.version != version:
+            policies.insert(1, f"ruleset:{active.version}")
+        return _policy_value(session, runtime, policies, body)
+
+    # Guardrails
+    @app.post("/v1/guardrails", tags=["rules"], status_code=201)
+    def create_guardrail(
+        body: GuardrailIn, session: SessionDep, runtime: RuntimeDep, who: Marketer
+    ) -> GuardrailPublic:
+        row = guardrails.create_guardrail(
+            session=session,
+            catalog=runtime.catalog(session),
+            fields=body.model_dump(),
+            actor=who.actor,
+        )
+        return GuardrailPublic.model_validate(guardrails.public(row))
+
+    @app.get("/v1/guardrails", tags=["rules"])
+    def list_guardrails(
+        session: SessionDep, _: AnyRole, active: bool | None = None
+    ) -> GuardrailsPublic:
+        rows = guardrails.list_guardrails(session=session, active=active)
+        return GuardrailsPublic(
+            data=[GuardrailPublic.model_validate(guardrails.public(r)) for r in rows]
+        )
+
+    @app.get("/v1/guardrails/{guardrail_id}", tags=["rules"])
+    def get_guardrail(
+        guardrail_id: Annotated[int, Path(ge=1)], session: SessionDep, _: AnyRole
+    ) -> GuardrailPublic:
+        row = guardrails.get_guardrail(session=session, guardrail_id=guardrail_id)
+        return GuardrailPublic.model_validate(guardrails.public(row))
+
+    @app.post("/v1/guardrails/{guardrail_id}:deactivate", tags=["rules"])
+    def deactivate_guardrail(
+        guardrail_id: Annotated[int, Path(ge=1)], session: SessionDep, who: Marketer
+    ) -> GuardrailPublic:
+        row = guardrails.deactivate_guardrail(
+            session=session, guardrail_id=guardrail_id, actor=who.actor
+        )
+        return GuardrailPublic.model_validate(guardrails.public(row))
+
+    # Decay of evidence
+    @app.get("/v1/decay", tags=["catalog"])
+    def get_decay(session: SessionDep, _: AnyRole) -> DecayPublic:
+        return DecayPublic.model_validate(catalog.engine_state(session), from_attributes=True)
+
+    @app.put("/v1/decay", tags=["catalog"])
+    def put_decay(body: DecayIn, session: SessionDep, who: Marketer) -> DecayPublic:
+        state = catalog.put_decay(session=session, decay_in=body, actor=who.actor)
+        return DecayPublic.model_validate(state, from_attributes=True)
+
+    # Insights
+    @app.get("/v1/insights/segments", tags=["insights"])
+    def segment_insights(
+        session: SessionDep,
+        runtime: RuntimeDep,
+        _: Marketer,
+        exposure: Annotated[
+            int, Query(ge=0, le=2, description="Earlier exposures: 0, 1, or 2 meaning 2+")
+        ] = 0,
+        depth: Annotated[int | None, Query(ge=0, le=8, description="Deepest level shown")] = None,
+    ) -> SegmentInsights:
+        report = insights.segment_insights(
+            session=session, runtime=runtime, exposure=exposure, max_depth=depth
+        )
+        return SegmentInsights.model_validate(report)
+
+    @app.get("/v1/insights/policy-value", tags=["insights"])
+    def policy_value(
+        session: SessionDep,
+        runtime: RuntimeDep,
+        _: Marketer,
+        policy: Annotated[
+            list[str] | None,
+            Query(
+                max_length=50,
+                description="current, control, experience:<key> or ruleset:<version>; repeatable",
+            ),
+        ] = None,
+        days: Annotated[float, Query(gt=0, le=3650)] = 90.0,
+        where: Annotated[str | None, Query(max_length=2000)] = None,
+        clip: Annotated[float | None, Query(ge=1, le=1e6)] = None,
+    ) -> PolicyValue:
+        return _policy_value(
+            session,
+            runtime,
+            policy or ["current", "control"],
+            EvaluateIn(days=days, where=where, clip=clip),
+        )
+
+    @app.get("/v1/worklist", tags=["insights"])
+    def worklist(
+        session: SessionDep,
+        runtime: RuntimeDep,
+        _: WorklistReader,
+        where: Annotated[
+            str | None,
+            Query(max_length=2000, description='A rule condition, e.g. plan == "basic"'),
+        ] = None,
+        experience: Annotated[
+            str | None, Query(max_length=64, description="Only customers whose best is this")
+        ] = None,
+        min_gain: Annotated[float | None, Query(ge=-1e12, le=1e12)] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
+    ) -> WorklistPublic:
+        page = insights.worklist(
+            session=session,
+            runtime=runtime,
+            where=where,
+            experience=experience,
+            min_gain=min_gain,
+            limit=limit,
+            offset=offset,
+        )
+        return WorklistPublic.model_validate(page)
 
     # Customers
     @app.get("/v1/customers", tags=["customers"])

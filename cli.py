@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 from sqlalchemy import Engine
@@ -21,7 +21,9 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 keys_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke API keys.")
 export_app = typer.Typer(no_args_is_help=True, help="Export stored data as CSV.")
 app.add_typer(keys_app, name="keys")
+rules_app = typer.Typer(no_args_is_help=True, help="Compile, show, diff and activate rule sets.")
 app.add_typer(export_app, name="export")
+app.add_typer(rules_app, name="rules")
 
 DbOption = Annotated[
     str | None,
@@ -192,7 +194,8 @@ def simulate(
         specs=world.attributes,
         experiences=[e.key for e in world.experiences],
         net_values=world.net_values,
-        order=[spec.name for spec in world.attributes],
+        order=None,
+        control=world.control_index,
         min_exploration=Settings().min_exploration,
     )
     policies = [
@@ -238,25 +241,87 @@ def settle(
         int, typer.Option(min=1, max=100_000, help="Decisions per transaction")
     ] = 5000,
 ) -> None:
-    """Settle decisions whose outcome never arrived to the scale's default result."""
-    from sqlmodel import Session
-
-    from engine.catalog import load_catalog
+    """Settle decisions whose outcome never arrived to the scale's default result (and re-base
+    the decay epoch when it is due)."""
     from engine.models import utcnow
-    from engine.settle import settle_due
+    from engine.settle import maintain
 
-    total = 0
     with _database(db) as engine:
-        while True:
-            with Session(engine, expire_on_commit=False) as session:
-                settled = settle_due(
-                    session=session, catalog=load_catalog(session), now=utcnow(), limit=batch
+        upkeep = maintain(engine, now=utcnow(), batch=batch)
+    typer.echo(f"settled {upkeep.settled} decisions to the default result")
+    if upkeep.rebased:
+        typer.echo("re-based the decay epoch to today")
+
+
+SCORE_COLUMNS = (
+    "customer_id",
+    "name",
+    "segment",
+    "best_experience",
+    "best_net_value",
+    "control_experience",
+    "control_net_value",
+    "gain",
+    "uplift",
+    "cost",
+    "value_at_stake",
+)
+
+
+@app.command()
+def score(
+    out: Annotated[Path, typer.Argument(help="CSV file to write ('-': standard output)")],
+    db: DbOption = None,
+    where: Annotated[
+        str | None, typer.Option(help='Only customers matching a rule, e.g. plan == "basic"')
+    ] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar")] = False,
+) -> None:
+    """Score every customer: the best experience, its expected gain over the control, uplift,
+    cost and value at stake (what GET /v1/worklist ranks by), one CSV row per customer."""
+    import csv
+
+    from sqlmodel import func, select
+
+    from engine.errors import NextbestError
+    from engine.insights import control_key, customer_chunks, iter_scores, where_predicate
+    from engine.models import Customer
+    from engine.runtime import Runtime
+
+    with _database(db) as engine:
+        runtime = Runtime(_settings(db), engine=engine)
+        with runtime.session() as session:
+            total = session.exec(select(func.count()).select_from(Customer)).one()
+            written = 0
+            try:
+                predicate = where_predicate(runtime.catalog(session), where)
+                control_key(runtime.catalog(session))
+            except NextbestError as error:
+                raise _fail(error.message) from None
+            handle = sys.stdout if str(out) == "-" else out.open("w", newline="")
+            try:
+                bar = tqdm(
+                    total=total, desc="score", unit="customer", disable=quiet, file=sys.stderr
                 )
-                session.commit()
-            total += settled
-            if settled < batch:
-                break
-    typer.echo(f"settled {total} decisions to the default result")
+                writer = csv.writer(handle, lineterminator="\n")
+                writer.writerow(SCORE_COLUMNS)
+
+                def chunks() -> Iterator[list[Customer]]:
+                    for customers in customer_chunks(session):
+                        bar.update(len(customers))
+                        yield [c for c in customers if predicate is None or predicate(c.attributes)]
+
+                for row in iter_scores(session=session, runtime=runtime, chunks=chunks()):
+                    values = row.as_dict()
+                    writer.writerow(["" if values[c] is None else values[c] for c in SCORE_COLUMNS])
+                    written += 1
+                bar.close()
+            except NextbestError as error:
+                raise _fail(error.message) from None
+            finally:
+                if handle is not sys.stdout:
+                    handle.close()
+    typer.echo(f"scored {written} customers of {total}", err=True)
 
 
 @keys_app.command("create")
@@ -312,3 +377,191 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@contextmanager
+def _runtime(db: str | None) -> Iterator[Any]:
+    from engine.errors import NextbestError
+    from engine.runtime import Runtime
+
+    with _database(db) as engine:
+        try:
+            yield Runtime(_settings(db), engine=engine)
+        except NextbestError as error:
+            raise _fail(error.message) from None
+
+
+@app.command()
+def evaluate(
+    db: DbOption = None,
+    days: Annotated[float, typer.Option(min=0.001, help="Decisions of the last N days")] = 90.0,
+    where: Annotated[str | None, typer.Option(help="Only decisions whose customer matches")] = None,
+    clip: Annotated[float | None, typer.Option(min=1, help="Cap importance weights")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table")] = False,
+) -> None:
+    """Estimate what every policy would have earned per decision on the logged decisions: the
+    current policy, the control, each experience for everyone and each rule-set version (IPS,
+    SNIPS and doubly robust, with 95% intervals and effective sample sizes)."""
+    import datetime as dt
+
+    from sqlmodel import select
+
+    from engine.evaluation import evaluate as estimate
+    from engine.models import utcnow
+    from rules.models import RuleSetVersion
+
+    with _runtime(db) as runtime, runtime.session() as session:
+        catalog = runtime.catalog(session)
+        versions = session.exec(select(RuleSetVersion.version).order_by(RuleSetVersion.version))
+        policies = [
+            "current",
+            "control",
+            *(f"experience:{k}" for k in sorted(catalog.experiences)),
+            *(f"ruleset:{v}" for v in versions),
+        ]
+        report = estimate(
+            session=session,
+            runtime=runtime,
+            policies=policies,
+            since=utcnow() - dt.timedelta(days=days),
+            where=where,
+            clip=clip,
+        )
+    if as_json:
+        typer.echo(json.dumps(report, default=str, indent=2))
+        return
+    used = report["decisions"]
+    typer.echo(
+        f"{used['used']} decisions with outcomes ({used['overridden']} overridden, "
+        f"{used['exploit_only']} exploit-only, {used['filtered']} filtered out); "
+        "net value per decision, 95% intervals"
+    )
+    typer.echo("policy | method | estimate | 95% CI | ESS | n")
+    for policy, result in report["policies"].items():
+        for method, e in result["estimates"].items():
+            if e["status"] == "ok":
+                low, high = e["ci95"]
+                typer.echo(
+                    f"{policy} | {method} | {e['value']:.2f} | {low:.2f} to {high:.2f} | "
+                    f"{e['ess']:.0f} | {e['n']}"
+                )
+            else:
+                typer.echo(
+                    f"{policy} | {method} | cannot estimate: {e['reason']} | - | - | {e['n']}"
+                )
+    overrides = report["overrides"]
+    if overrides["n"]:
+        typer.echo(
+            f"agent overrides (left out of the estimates): {overrides['n']} decisions, "
+            f"mean net value {overrides['mean_net_value']:.2f}"
+        )
+
+
+@rules_app.command("compile")
+def rules_compile(
+    db: DbOption = None,
+    budget: Annotated[int, typer.Option(min=1, max=200, help="At most this many rules")] = 25,
+    min_support: Annotated[
+        float, typer.Option(min=0, help="Segments with fewer results fold into their parent")
+    ] = 30.0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the posterior draws")] = 0,
+) -> None:
+    """Compile what the engine knows into a new (inactive) rule-set version and print it."""
+    from rules.compiler import Settings as CompileSettings
+    from rules.versions import compile_version
+
+    with _runtime(db) as runtime, runtime.session() as session:
+        row = compile_version(
+            session=session,
+            runtime=runtime,
+            settings=CompileSettings(budget=budget, min_support=min_support, seed=seed),
+            actor="cli",
+        )
+        session.commit()
+        typer.echo(row.text)
+        typer.echo(f"compiled version {row.version}; activate it with: nextbest rules activate")
+
+
+@rules_app.command("show")
+def rules_show(
+    version: Annotated[int | None, typer.Argument(help="Version (default: the active one)")] = None,
+    db: DbOption = None,
+) -> None:
+    """Print a rule-set version as Markdown."""
+    from rules.versions import active_version, get_version
+
+    with _runtime(db) as runtime, runtime.session() as session:
+        row = get_version(session=session, version=version) if version else active_version(session)
+        if row is None:
+            raise _fail("no rule-set version is active; compile one with: nextbest rules compile")
+        typer.echo(row.text)
+
+
+@rules_app.command("diff")
+def rules_diff(
+    a: Annotated[int, typer.Argument(help="From version")],
+    b: Annotated[int, typer.Argument(help="To version")],
+    db: DbOption = None,
+) -> None:
+    """What changed between two versions: rules added, removed and changed."""
+    from rules.compiler import sentence
+    from rules.versions import diff, get_version
+
+    with _runtime(db) as runtime, runtime.session() as session:
+        names = {k: e.name for k, e in runtime.catalog(session).experiences.items()}
+        changes = diff(
+            get_version(session=session, version=a), get_version(session=session, version=b)
+        )
+        for title, key in (("added", "added"), ("removed", "removed")):
+            for rule in changes[key]:
+                typer.echo(f"{title}: {sentence(rule, names)}")
+        for change in changes["changed"]:
+            typer.echo(f"changed: {sentence(change['before'], names)}")
+            typer.echo(f"     to: {sentence(change['after'], names)}")
+        before, after = changes["metrics"]["before"], changes["metrics"]["after"]
+        typer.echo(
+            f"rules {before['rules']} -> {after['rules']}; value loss "
+            f"{before['value_loss_pct']:.2f}% -> {after['value_loss_pct']:.2f}%"
+        )
+
+
+@rules_app.command("activate")
+def rules_activate(
+    version: Annotated[int, typer.Argument(help="Version to activate (an older one rolls back)")],
+    db: DbOption = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation")] = False,
+) -> None:
+    """Make a version the one decisions follow, after showing what it would have earned on the
+    logged decisions beside the active version (doubly robust estimates, 95% intervals)."""
+    import datetime as dt
+
+    from engine.evaluation import evaluate
+    from engine.models import utcnow
+    from rules.versions import activate, active_version, get_version
+
+    with _runtime(db) as runtime, runtime.session() as session:
+        get_version(session=session, version=version)
+        current = active_version(session)
+        policies = [f"ruleset:{version}"]
+        if current is not None and current.version != version:
+            policies.append(f"ruleset:{current.version}")
+        report = evaluate(
+            session=session,
+            runtime=runtime,
+            policies=policies,
+            since=utcnow() - dt.timedelta(days=90),
+        )
+        for policy, result in report["policies"].items():
+            e = result["estimates"]["dr"]
+            shown = (
+                f"{e['value']:.2f} per decision (95% CI {e['ci95'][0]:.2f} to {e['ci95'][1]:.2f}, "
+                f"ESS {e['ess']:.0f})"
+                if e["status"] == "ok"
+                else f"cannot estimate: {e['reason']}"
+            )
+            typer.echo(f"{policy}: {shown}")
+        if not yes and not typer.confirm(f"activate version {version}?"):
+            raise typer.Exit(code=1)
+        activate(session=session, version=version, actor="cli")
+        session.commit()
+    typer.echo(f"version {version} is active")

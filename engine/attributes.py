@@ -105,8 +105,8 @@ def coerce_value(spec: AttributeSpec, value: Any, *, field: str) -> AttributeVal
     if spec.type == "boolean":
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.strip().lower() in _BOOL_TEXT:
-            return _BOOL_TEXT[value.strip().lower()]
+        if isinstance(value, str) and value.strip().lower() in BOOLEAN_TEXT:
+            return BOOLEAN_TEXT[value.strip().lower()]
         raise InvalidInput(f"{spec.name} must be true or false, got {value!r}", field=field)
     try:
         return dt.date.fromisoformat(value) if isinstance(value, str) else _reject_date(value)
@@ -116,7 +116,7 @@ def coerce_value(spec: AttributeSpec, value: Any, *, field: str) -> AttributeVal
         ) from None
 
 
-_BOOL_TEXT = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+BOOLEAN_TEXT = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
 
 
 def _reject_date(value: Any) -> dt.date:

@@ -28,6 +28,7 @@ from engine.models import (
 )
 from engine.schemas import (
     AttributeSpecsIn,
+    DecayIn,
     ExperienceCreate,
     ExperienceUpdate,
     OutcomeScaleIn,
@@ -96,7 +97,7 @@ class Catalog:
     def finest_segment(self, attributes: Mapping[str, Any]) -> str:
         """The cell key: every declared attribute binned, in name order (memoised: customers'
         attribute values repeat, binning them is most of the cost of a large import)."""
-        values = tuple(attributes.get(name) for name in self._spec_order)
+        values = tuple(map(attributes.get, self._spec_order))
         found = self._segment_memo.get(values)
         if found is None:
             if len(self._segment_memo) >= SEGMENT_MEMO_SIZE:
@@ -142,7 +143,7 @@ class Catalog:
 def engine_state(session: Session) -> EngineState:
     state = session.get(EngineState, 1)
     if state is None:
-        today = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
+        today = _midnight(utcnow())
         state = EngineState(id=1, epoch=today, half_life_days=90.0, catalog_version=0)
         session.add(state)
         session.flush()
@@ -181,6 +182,23 @@ def load_catalog(session: Session) -> Catalog:
     )
 
 
+def current_catalog(session: Session, catalog: Catalog) -> Catalog:
+    """``catalog`` if it is still current in the caller's transaction, else the catalog reloaded.
+
+    Writers of cell statistics call this before they write. On PostgreSQL it takes a share lock
+    on the engine state row until the transaction ends, and every catalog change updates that
+    row before it touches the cells: a change either commits before the writer reads the version
+    (the writer reloads and bins, weighs and decays as the change says), or waits for the writer
+    to commit (and its rebuild sees the writer's rows). On SQLite, BEGIN IMMEDIATE already runs
+    writers one at a time.
+    """
+    statement = select(EngineState.catalog_version).where(col(EngineState.id) == 1)
+    if session.get_bind().dialect.name == "postgresql":
+        statement = statement.with_for_update(read=True)
+    version = session.exec(statement).first()
+    return catalog if version == catalog.version else load_catalog(session)
+
+
 def spec_from_row(row: AttributeSpecRow) -> AttributeSpec:
     return AttributeSpec(
         name=row.name,
@@ -207,7 +225,8 @@ def _scale_from_row(row: OutcomeScaleRow) -> Scale:
     )
 
 
-def _bump(session: Session) -> None:
+def bump_catalog(session: Session) -> None:
+    """Move the catalog version: every worker reloads its catalog (and what hangs on it)."""
     engine_state(session)
     session.execute(
         update(EngineState)
@@ -258,7 +277,7 @@ def put_outcome_scale(*, session: Session, scale_in: OutcomeScaleIn, actor: str)
     row.default_result = scale_in.default_result
     row.updated_at = utcnow()
     session.add(row)
-    _bump(session)
+    bump_catalog(session)
     audit.record(
         session,
         actor=actor,
@@ -336,7 +355,7 @@ def put_attribute_specs(
     session.flush()
     _check_experience_rules(session)
     after = {row.name: _spec_dump(row) for row in list_attribute_specs(session=session)}
-    _bump(session)
+    bump_catalog(session)
     audit.record(
         session,
         actor=actor,
@@ -434,7 +453,7 @@ def create_experience(
     row = Experience(**experience_in.model_dump())
     session.add(row)
     session.flush()
-    _bump(session)
+    bump_catalog(session)
     audit.record(
         session,
         actor=actor,
@@ -463,7 +482,7 @@ def update_experience(
     row.updated_at = utcnow()
     session.add(row)
     session.flush()
-    _bump(session)
+    bump_catalog(session)
     audit.record(
         session,
         actor=actor,
@@ -546,7 +565,7 @@ def put_segmentation(
     row.auto = segmentation_in.auto
     row.updated_at = utcnow()
     session.add(row)
-    _bump(session)
+    bump_catalog(session)
     audit.record(
         session,
         actor=actor,
@@ -557,3 +576,66 @@ def put_segmentation(
         after={"attributes": order, "auto": row.auto},
     )
     return row
+
+
+# Decay -----------------------------------------------------------------------------------------
+
+REBASE_AFTER_HALF_LIVES = 64.0
+"""Stored weights grow as 2^(half-lives since the epoch); past this many (2^64, about 1.8e19,
+far inside float64's range and exact in relative terms) maintenance moves the epoch forward."""
+
+
+def put_decay(*, session: Session, decay_in: DecayIn, actor: str) -> EngineState:
+    """Set the half-life of evidence. The cells are rebuilt from the log with the new half-life
+    (a weighted sum of the old powers cannot be re-weighted), at a fresh epoch."""
+    from engine import stats
+
+    bump_catalog(
+        session
+    )  # first: writers of statistics wait for this transaction (current_catalog)
+    state = engine_state(session)
+    session.refresh(state)
+    before = {"half_life_days": state.half_life_days, "epoch": state.epoch.isoformat()}
+    if decay_in.half_life_days != state.half_life_days:
+        state.half_life_days = decay_in.half_life_days
+        state.epoch = _midnight(utcnow())
+        session.add(state)
+        session.flush()
+        stats.rebuild_cells(session=session, catalog=load_catalog(session))
+    audit.record(
+        session,
+        actor=actor,
+        action="update",
+        entity="decay",
+        entity_id="1",
+        before=before,
+        after={"half_life_days": state.half_life_days, "epoch": state.epoch.isoformat()},
+    )
+    return state
+
+
+def rebase_if_due(*, session: Session, now: dt.datetime) -> bool:
+    """Move the epoch to ``now``'s midnight once weights have grown past
+    REBASE_AFTER_HALF_LIVES half-lives: every stored weight and sum is multiplied by the same
+    power of two, so decayed counts do not change. Returns whether it re-based."""
+    from engine import stats
+
+    state = engine_state(session)
+    half_lives = (now - state.epoch).total_seconds() / 86400.0 / state.half_life_days
+    if half_lives < REBASE_AFTER_HALF_LIVES:
+        return False
+    bump_catalog(session)
+    session.refresh(state)
+    new_epoch = _midnight(now)
+    stats.scale_cells(
+        session,
+        stats.decay_factor(new_epoch, epoch=state.epoch, half_life_days=state.half_life_days),
+    )
+    state.epoch = new_epoch
+    session.add(state)
+    session.flush()
+    return True
+
+
+def _midnight(moment: dt.datetime) -> dt.datetime:
+    return moment.replace(hour=0, minute=0, second=0, microsecond=0)

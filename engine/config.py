@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -35,6 +37,16 @@ class Settings(BaseSettings):
         ge=0,
         description="How long a worker trusts an API key it checked; a key revoked elsewhere "
         "stops working on every worker within this time (0: check every request)",
+    )
+    maintenance_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="How often each worker settles overdue decisions in the background (0: never)",
+    )
+    rule_runtime: Literal["durable", "python"] = Field(
+        default="durable",
+        description="What runs the active rule set: durable-rules (contained, with the Python "
+        "evaluator as fallback) or the Python evaluator alone",
     )
     max_body_bytes: int = Field(
         default=16 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above)"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -43,6 +44,8 @@ from engine.schemas import (
     OutcomeIn,
     OutcomePublic,
     RankedExperience,
+    RulePublic,
+    Suppressed,
 )
 from engine.stats import exposure_bucket
 from engine.triples import StoredTriple, Triple, store_triples
@@ -69,7 +72,9 @@ def decide(*, runtime: Runtime, decision_in: DecisionIn) -> DecisionPublic:
     The database sees one indexed read (catalog version, customer, exposures) and one insert,
     committed together with the decisions of concurrent requests (engine.decision_log); the
     catalog, the statistics and the posterior draws come from the worker's caches
-    (engine.runtime), so the cost of a decision does not grow with the events logged.
+    (engine.runtime), so the cost of a decision does not grow with the events logged. The
+    active rule set and guardrails are cached per catalog version too: a short-lived session
+    reads them when the version moves, and the guardrails' counts when any are active.
     """
     version, stored, exposures = read_customer(runtime, decision_in.customer_id)
     catalog = runtime.catalog_at(version)
@@ -77,10 +82,20 @@ def decide(*, runtime: Runtime, decision_in: DecisionIn) -> DecisionPublic:
     _check_overrides(catalog, decision_in)
     attributes, customer_row = _customer(catalog, decision_in, stored)
     keys = eligible_experiences(runtime, catalog, attributes, decision_in.channel)
+    keys, suppressed = _apply_guardrails(
+        runtime, catalog, decision_in.customer_id, attributes, keys, decision_in.channel
+    )
     snapshot = runtime.stats(catalog)
     path = runtime.segment_path(catalog, attributes)
-    alpha, net, cells, evidence = _posterior_inputs(
-        catalog, snapshot, keys, attributes, path, exposures, decision_in
+    alpha, net, cells, evidence = _posterior_cells(
+        catalog,
+        snapshot,
+        keys,
+        attributes,
+        path,
+        exposures,
+        values=decision_in.values,
+        costs=decision_in.costs,
     )
     # Joint draws of the candidates' net values, shape (K, S): each candidate's cell draws
     # (engine.runtime.CellDraws) times its net value per level, in single precision like the
@@ -89,19 +104,25 @@ def decide(*, runtime: Runtime, decision_in: DecisionIn) -> DecisionPublic:
     for k, (cell, a, n) in enumerate(zip(cells, alpha, net.astype(np.float32), strict=True)):
         np.matmul(snapshot.draws.get(cell, a), n, out=values[k])
     summary = posterior.summarize(alpha, net, values.T)
-    explore = 0.0 if decision_in.exploit else runtime.settings.min_exploration
+    rule = None if decision_in.exploit else _rule_for(runtime, catalog, attributes, keys)
     if decision_in.exploit:
         chosen, source = int(np.argmax(summary.mean)), "exploit"
         propensity = 1.0
     else:
+        explore = runtime.settings.min_exploration
+        # The policy: with probability ``explore`` a uniform pick, else Thompson sampling over the
+        # experiences the fired rule allows (all eligible ones when no rule applies).
+        allowed = rule.allowed if rule is not None else list(range(len(keys)))
+        q = summary.p_best if rule is None else posterior.p_best_among(values.T, allowed)
         if runtime.rng.random() < explore:
             chosen, source = int(runtime.rng.integers(len(keys))), "explore"
         else:
-            # Thompson sampling: the best experience of one joint draw picked at random, so that
-            # P(best) from the same draws is exactly the probability of this choice.
+            # The best allowed experience of one joint draw picked at random, so that P(best
+            # among allowed) from the same draws is exactly the probability of this choice.
             draw = int(runtime.rng.integers(values.shape[1]))
-            chosen, source = int(np.argmax(values[:, draw])), "thompson"
-        propensity = posterior.thompson_propensity(summary.p_best, chosen, explore=explore)
+            chosen = allowed[int(np.argmax(values[allowed, draw]))]
+            source = "rule" if rule is not None else "thompson"
+        propensity = posterior.thompson_propensity(q, chosen, explore=explore)
     ranked = _ranked(keys, summary)
     now = utcnow()
     decision_id = str(uuid.uuid4())
@@ -119,8 +140,8 @@ def decide(*, runtime: Runtime, decision_in: DecisionIn) -> DecisionPublic:
                 "experience_key": keys[chosen],
                 "propensity": propensity,
                 "source": source,
-                "rule_id": None,
-                "ruleset_version": None,
+                "rule_id": rule.rule_id if rule else None,
+                "ruleset_version": rule.version if rule else None,
                 "experiment_key": None,
                 "arm": None,
                 "overrides": {"values": decision_in.values or {}, "costs": decision_in.costs or {}},
@@ -128,6 +149,7 @@ def decide(*, runtime: Runtime, decision_in: DecisionIn) -> DecisionPublic:
             customer=customer_row,
         )
     )
+    runtime.guardrails(None, catalog).chose(keys[chosen])
     mean = posterior.dirichlet_mean(alpha[chosen]).tolist()
     return DecisionPublic(
         decision_id=decision_id,
@@ -135,10 +157,11 @@ def decide(*, runtime: Runtime, decision_in: DecisionIn) -> DecisionPublic:
         experience=keys[chosen],
         propensity=round(propensity, 6),
         source=source,
-        rule=None,
+        rule=RulePublic(id=rule.rule_id, version=rule.version, text=rule.text) if rule else None,
         experiment=None,
         ranked=[RankedExperience.model_validate(r) for r in ranked[: decision_in.top_k]],
         segment=catalog.finest_segment(attributes),
+        suppressed=suppressed,
         explanation=DecisionExplanation(
             segment_path=path,
             evidence=evidence,
@@ -221,6 +244,70 @@ def _ranked(keys: list[str], summary: posterior.NetValueSummary) -> list[dict[st
     ]
 
 
+@dataclass(frozen=True)
+class _FiredRule:
+    version: int
+    rule_id: str
+    text: str
+    allowed: list[int]
+    """Indexes into the candidates of the experiences the rule lets the engine choose from."""
+
+
+def _rule_for(
+    runtime: Runtime,
+    catalog: Catalog,
+    attributes: Mapping[str, Any],
+    keys: list[str],
+) -> _FiredRule | None:
+    """The active rule set's rule for this customer, if one fires and allows an eligible
+    experience (else the engine chooses among all eligible ones). The active set is cached per
+    catalog version; a session is opened only to reload it."""
+    active = runtime.rules(None, catalog)
+    index = active.first(attributes) if active is not None else None
+    if active is None or index is None:
+        return None
+    rule = active.rules[index]
+    allowed = [k for k, key in enumerate(keys) if key in rule["contenders"]]
+    if not allowed:
+        return None
+    return _FiredRule(active.version, rule["rule_id"], active.texts[index], allowed)
+
+
+def _apply_guardrails(
+    runtime: Runtime,
+    catalog: Catalog,
+    customer_id: str,
+    attributes: Mapping[str, Any],
+    keys: list[str],
+    channel: str | None,
+) -> tuple[list[str], list[Suppressed]]:
+    """The candidates the guardrails leave, and each suppressed one with its guardrail.
+
+    The guardrails are cached per catalog version; without active guardrails this reads nothing,
+    with some their (small, indexed) counts run on a short-lived session."""
+    guardrails = runtime.guardrails(None, catalog)
+    if not guardrails:
+        return keys, []
+    with runtime.session() as session:
+        hits = guardrails.suppressed(
+            session,
+            customer_id=customer_id,
+            attributes=attributes,
+            candidates=keys,
+            channel=channel,
+            now=utcnow(),
+        )
+    suppressed = [Suppressed(experience=k, **hit) for k in keys for hit in hits.get(k, [])]
+    left = [k for k in keys if k not in hits]
+    if not left:
+        raise Conflict(
+            "every eligible experience is suppressed by a guardrail: "
+            + ", ".join(f"{s.experience} by {s.name!r}" for s in suppressed),
+            field="customer_id",
+        )
+    return left, suppressed
+
+
 def _check_overrides(catalog: Catalog, decision_in: DecisionIn) -> None:
     for label in decision_in.values or {}:
         catalog.result_index(label, field=f"values.{label}")
@@ -245,17 +332,48 @@ def eligible_experiences(
     return keys
 
 
-def _posterior_inputs(
+def customer_exposures(session: Session, customer_id: str) -> dict[str, int]:
+    """How many results this customer already has per experience."""
+    rows = session.execute(
+        select(Exposure.experience_key, Exposure.count).where(
+            col(Exposure.customer_id) == customer_id
+        )
+    )
+    return {key: count for key, count in rows.all()}  # noqa: C416  (Row -> pair)
+
+
+def posterior_inputs(
     catalog: Catalog,
     snapshot: StatsSnapshot,
     keys: list[str],
     attributes: Mapping[str, Any],
     path: list[str],
     exposures: Mapping[str, int],
-    decision_in: DecisionIn,
+    *,
+    values: Mapping[str, float] | None = None,
+    costs: Mapping[str, float] | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+    """Dirichlet parameters and per-level net values for the candidates, both shape (K, L), and
+    the evidence behind each: the cell of the segment tree the posterior comes from. ``values``
+    and ``costs`` override level values and experience costs (one decision's overrides)."""
+    alpha, net, _, evidence = _posterior_cells(
+        catalog, snapshot, keys, attributes, path, exposures, values=values, costs=costs
+    )
+    return alpha, net, evidence
+
+
+def _posterior_cells(
+    catalog: Catalog,
+    snapshot: StatsSnapshot,
+    keys: list[str],
+    attributes: Mapping[str, Any],
+    path: list[str],
+    exposures: Mapping[str, int],
+    *,
+    values: Mapping[str, float] | None = None,
+    costs: Mapping[str, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[CellKey], list[dict[str, Any]]]:
-    """Dirichlet parameters and per-level net values for the candidates, both shape (K, L), the
-    cell each posterior comes from, and the evidence behind it.
+    """posterior_inputs, and the cell each posterior comes from (the key of its cached draws).
 
     Each candidate's posterior is that of the deepest cell with data on the customer's segment
     path, in the customer's exposure bucket for that experience (engine.hierarchy).
@@ -279,13 +397,13 @@ def _posterior_inputs(
             }
         )
     net = np.empty((len(keys), n_levels))
-    values: np.ndarray | None = None
+    worth: np.ndarray | None = None
     for k, key in enumerate(keys):
         info = catalog.experiences[key]
-        if decision_in.values or decision_in.costs or info.cost_attribute or scale.per_customer:
-            if values is None:
-                values = level_values(scale, attributes, decision_in.values)
-            net[k] = _net(snapshot, scale, info, values, attributes, decision_in.costs)
+        if values or costs or info.cost_attribute or scale.per_customer:
+            if worth is None:
+                worth = level_values(scale, attributes, values)
+            net[k] = _net(snapshot, scale, info, worth, attributes, costs)
         else:
             net[k] = snapshot.memo(("net", key), partial(_net, snapshot, scale, info))
     return alpha, net, cells, evidence

@@ -1,9 +1,9 @@
 """The demo business: the simulator's retention world loaded into an empty database.
 
 Outcome scale, attribute specs, eight experiences (one the control), a segmentation, 5,000
-customers and about 50,000 historical triples drawn from the simulator's ground truth, plus one
-demo key per role. The keys are fixed so that the README's curl calls work verbatim; they are for
-a local demo only.
+customers and about 50,000 historical triples drawn from the simulator's ground truth, rule-set
+version 1 compiled from them and active, plus one demo key per role. The keys are fixed so that
+the README's curl calls work verbatim; they are for a local demo only.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from engine.schemas import (
     OutcomeScaleIn,
     SegmentationIn,
 )
-from engine.simulate import make_world
+from engine.simulate import World, make_world
 from engine.triples import parse_event, store_triples
 
 DEMO_KEYS = {
@@ -65,7 +65,7 @@ def seed_demo(
             return False
     world = make_world(seed)
     rng = np.random.default_rng(seed)
-    people, triples = world.historical_log(n_customers, n_triples, rng, end=_end_of_yesterday())
+    people, triples = world.historical_log(n_customers, n_triples, rng, end=end_of_yesterday())
     actor = "system:demo"
     with Session(engine, expire_on_commit=False) as session:
         catalog.put_attribute_specs(
@@ -114,11 +114,80 @@ def seed_demo(
         _ensure_keys(session)
         session.commit()
     _load_customers(engine, people, progress)
-    _load_triples(engine, triples, progress)
+    load_triples(engine, triples, progress)
+    if triples:
+        _compile_rules(engine)
+        _serve_decisions(engine, world, people, np.random.default_rng(seed), DEMO_DECISIONS)
     return True
 
 
-def _end_of_yesterday() -> dt.datetime:
+DEMO_DECISIONS = 1000
+"""Decisions the demo's engine makes (with its active rules) on its customers before serving,
+their results drawn from the simulator's truth: logged decisions with propensities, so that
+off-policy evaluation has something to work on."""
+
+
+def _serve_decisions(
+    engine: Engine,
+    world: World,
+    people: list[dict[str, Any]],
+    rng: np.random.Generator,
+    n: int,
+) -> None:
+    from engine.config import Settings
+    from engine.decisions import decide, read_customer, record_outcome
+    from engine.runtime import Runtime
+    from engine.schemas import DecisionIn, OutcomeIn
+
+    # All decisions first, on the statistics of the history (one fit), then their results.
+    runtime = Runtime(
+        Settings(seed=int(rng.integers(2**31)), stats_refresh_seconds=3600), engine=engine
+    )
+    keys = [e.key for e in world.experiences]
+    made = []
+    for i in rng.integers(0, len(people), n).tolist():
+        person = people[i]
+        decision = decide(  # committed before it returns (engine.decision_log)
+            runtime=runtime, decision_in=DecisionIn(customer_id=person["customer_id"])
+        )
+        _, _, exposures = read_customer(runtime, person["customer_id"])
+        made.append((person, decision, exposures.get(decision.experience, 0)))
+    probs = world.true_probs(
+        [person["attributes"] for person, _, _ in made],
+        np.array([keys.index(decision.experience) for _, decision, _ in made]),
+        np.array([seen for _, _, seen in made]),
+        np.full(len(made), world.horizon_days),
+    )
+    levels = world.draw_results(probs, rng)
+    with runtime.session() as session:
+        for (_, decision, _), level in zip(made, levels.tolist(), strict=True):
+            record_outcome(
+                session=session,
+                runtime=runtime,
+                outcome_in=OutcomeIn(decision_id=decision.decision_id, result=world.levels[level]),
+            )
+        session.commit()
+    runtime.close()  # the rule runtime, if a decision started it (the engine is the caller's)
+
+
+def _compile_rules(engine: Engine) -> None:
+    """Rule-set version 1 from the demo's history, active (rules import engine: import here)."""
+    from engine.config import Settings
+    from engine.runtime import Runtime
+    from rules.compiler import Settings as CompileSettings
+    from rules.versions import activate, compile_version
+
+    runtime = Runtime(Settings(), engine=engine)
+    with runtime.session() as session:
+        row = compile_version(
+            session=session, runtime=runtime, settings=CompileSettings(), actor="system:demo"
+        )
+        assert row.version is not None
+        activate(session=session, version=row.version, actor="system:demo")
+        session.commit()
+
+
+def end_of_yesterday() -> dt.datetime:
     return utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
 
 
@@ -147,7 +216,7 @@ def _load_customers(
         bar.close()
 
 
-def _load_triples(engine: Engine, triples: list[dict[str, Any]], progress: Progress | None) -> None:
+def load_triples(engine: Engine, triples: list[dict[str, Any]], progress: Progress | None) -> None:
     bar = progress(len(triples), "triples") if progress else None
     now = utcnow()
     for start in range(0, len(triples), 5000):

@@ -39,11 +39,11 @@ class DateTime(TypeDecorator[dt.datetime]):
         return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
-def _ts(**kwargs: Any) -> Any:
+def timestamp_field(**kwargs: Any) -> Any:
     return Field(default_factory=utcnow, sa_column=Column(DateTime(), **kwargs))
 
 
-def _json(**kwargs: Any) -> Any:
+def json_field(**kwargs: Any) -> Any:
     return Field(sa_column=Column(JSON, **kwargs))
 
 
@@ -58,12 +58,12 @@ class AttributeSpecRow(SQLModel, table=True):
 
     name: str = Field(primary_key=True, max_length=64)
     type: str = Field(max_length=16)
-    levels: list[str] = _json(nullable=False)
-    bins: list[float] = _json(nullable=False)
-    labels: list[str] = _json(nullable=False)
+    levels: list[str] = json_field(nullable=False)
+    bins: list[float] = json_field(nullable=False)
+    labels: list[str] = json_field(nullable=False)
     description: str = Field(default="", max_length=500)
-    created_at: dt.datetime = _ts(nullable=False)
-    updated_at: dt.datetime = _ts(nullable=False)
+    created_at: dt.datetime = timestamp_field(nullable=False)
+    updated_at: dt.datetime = timestamp_field(nullable=False)
 
 
 class Customer(SQLModel, table=True):
@@ -71,9 +71,9 @@ class Customer(SQLModel, table=True):
 
     id: str = Field(primary_key=True, max_length=128)
     name: str | None = Field(default=None, max_length=200, index=True)
-    attributes: dict[str, Any] = _json(nullable=False)
-    created_at: dt.datetime = _ts(nullable=False)
-    updated_at: dt.datetime = _ts(nullable=False)
+    attributes: dict[str, Any] = json_field(nullable=False)
+    created_at: dt.datetime = timestamp_field(nullable=False)
+    updated_at: dt.datetime = timestamp_field(nullable=False)
 
 
 class Experience(SQLModel, table=True):
@@ -85,13 +85,13 @@ class Experience(SQLModel, table=True):
     cost: float = 0.0
     cost_attribute: str | None = Field(default=None, max_length=64)
     cost_factor: float = 1.0
-    cost_on: list[str] | None = _json(nullable=True)
+    cost_on: list[str] | None = json_field(nullable=True)
     is_control: bool = False
     eligibility: str | None = Field(default=None, max_length=2000)
     active: bool = True
-    channels: list[str] = _json(nullable=False)
-    created_at: dt.datetime = _ts(nullable=False)
-    updated_at: dt.datetime = _ts(nullable=False)
+    channels: list[str] = json_field(nullable=False)
+    created_at: dt.datetime = timestamp_field(nullable=False)
+    updated_at: dt.datetime = timestamp_field(nullable=False)
 
 
 class OutcomeScaleRow(SQLModel, table=True):
@@ -100,10 +100,10 @@ class OutcomeScaleRow(SQLModel, table=True):
     __tablename__ = "outcome_scale"
 
     id: int = Field(default=1, primary_key=True)
-    levels: list[dict[str, Any]] = _json(nullable=False)
+    levels: list[dict[str, Any]] = json_field(nullable=False)
     attribution_days: float = 30.0
     default_result: str = Field(max_length=64)
-    updated_at: dt.datetime = _ts(nullable=False)
+    updated_at: dt.datetime = timestamp_field(nullable=False)
 
 
 class SegmentationRow(SQLModel, table=True):
@@ -112,9 +112,9 @@ class SegmentationRow(SQLModel, table=True):
     __tablename__ = "segmentation"
 
     id: int = Field(default=1, primary_key=True)
-    attributes: list[str] = _json(nullable=False)
+    attributes: list[str] = json_field(nullable=False)
     auto: bool = False
-    updated_at: dt.datetime = _ts(nullable=False)
+    updated_at: dt.datetime = timestamp_field(nullable=False)
 
 
 class EngineState(SQLModel, table=True):
@@ -136,16 +136,19 @@ class EngineState(SQLModel, table=True):
 
 class Decision(SQLModel, table=True):
     __tablename__ = "decisions"
-    __table_args__ = (Index("ix_decisions_customer_created", "customer_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_decisions_customer_created", "customer_id", "created_at"),
+        Index("ix_decisions_experience_created", "experience_key", "created_at"),
+    )
 
     id: str = Field(primary_key=True, max_length=36)
     customer_id: str = Field(foreign_key="customers.id", max_length=128)
-    created_at: dt.datetime = _ts(nullable=False, index=True)
+    created_at: dt.datetime = timestamp_field(nullable=False, index=True)
     channel: str | None = Field(default=None, max_length=64)
     agent_id: str | None = Field(default=None, max_length=128)
-    attributes: dict[str, Any] = _json(nullable=False)
+    attributes: dict[str, Any] = json_field(nullable=False)
     segment: str = Field(max_length=2000)
-    candidates: list[dict[str, Any]] = _json(nullable=False)
+    candidates: list[dict[str, Any]] = json_field(nullable=False)
     experience_key: str = Field(foreign_key="experiences.key", max_length=64)
     propensity: float
     source: str = Field(max_length=32)
@@ -153,7 +156,7 @@ class Decision(SQLModel, table=True):
     ruleset_version: int | None = None
     experiment_key: str | None = Field(default=None, max_length=64)
     arm: str | None = Field(default=None, max_length=64)
-    overrides: dict[str, Any] = _json(nullable=False)
+    overrides: dict[str, Any] = json_field(nullable=False)
     """Per-decision level values and experience costs the caller supplied."""
 
 
@@ -165,7 +168,7 @@ class DecisionOverride(SQLModel, table=True):
     note: str = Field(max_length=2000)
     reason_code: str | None = Field(default=None, max_length=64)
     agent_id: str | None = Field(default=None, max_length=128)
-    created_at: dt.datetime = _ts(nullable=False)
+    created_at: dt.datetime = timestamp_field(nullable=False)
 
 
 class DecisionReaction(SQLModel, table=True):
@@ -174,7 +177,7 @@ class DecisionReaction(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     decision_id: str = Field(foreign_key="decisions.id", max_length=36, index=True)
     reaction: str = Field(max_length=32)
-    created_at: dt.datetime = _ts(nullable=False)
+    created_at: dt.datetime = timestamp_field(nullable=False)
 
 
 class Outcome(SQLModel, table=True):
@@ -182,9 +185,10 @@ class Outcome(SQLModel, table=True):
 
     __tablename__ = "outcomes"
     # Most results (historical triples) have neither a decision nor an idempotency key: partial
-    # unique indexes leave those rows out of both indexes.
+    # unique indexes leave those rows out of both indexes. No index by customer: nothing reads
+    # results by customer (exposures and decisions are), and on SQLite it doubled the cost of
+    # storing a result.
     __table_args__ = (
-        Index("ix_outcomes_customer_occurred", "customer_id", "occurred_at"),
         _unique_when_set("ux_outcomes_decision", "decision_id"),
         _unique_when_set("ux_outcomes_idempotency_key", "idempotency_key"),
     )
@@ -197,8 +201,8 @@ class Outcome(SQLModel, table=True):
     value: float | None = None
     cost: float | None = None
     occurred_at: dt.datetime = Field(sa_column=Column(DateTime(), nullable=False))
-    recorded_at: dt.datetime = _ts(nullable=False)
-    attributes: dict[str, Any] = _json(nullable=False)
+    recorded_at: dt.datetime = timestamp_field(nullable=False)
+    attributes: dict[str, Any] = json_field(nullable=False)
     exposure: int = 0
     """How many earlier results this customer had with this experience."""
     source: str = Field(max_length=16)
@@ -242,7 +246,7 @@ class ApiKey(SQLModel, table=True):
     role: str = Field(max_length=16)
     prefix: str = Field(max_length=16, index=True)
     key_hash: str = Field(max_length=64, unique=True)
-    created_at: dt.datetime = _ts(nullable=False)
+    created_at: dt.datetime = timestamp_field(nullable=False)
     revoked_at: dt.datetime | None = Field(
         default=None, sa_column=Column(DateTime(), nullable=True)
     )
@@ -252,13 +256,13 @@ class AuditEvent(SQLModel, table=True):
     __tablename__ = "audit_events"
 
     id: int | None = Field(default=None, primary_key=True)
-    at: dt.datetime = _ts(nullable=False, index=True)
+    at: dt.datetime = timestamp_field(nullable=False, index=True)
     actor: str = Field(max_length=200)
     action: str = Field(max_length=64)
     entity: str = Field(max_length=64)
     entity_id: str = Field(max_length=200)
-    before: dict[str, Any] | None = _json(nullable=True)
-    after: dict[str, Any] | None = _json(nullable=True)
+    before: dict[str, Any] | None = json_field(nullable=True)
+    after: dict[str, Any] | None = json_field(nullable=True)
 
 
 class ImportRun(SQLModel, table=True):
@@ -274,7 +278,7 @@ class ImportRun(SQLModel, table=True):
     rows_committed: int = 0
     rows_rejected: int = 0
     finished: bool = False
-    started_at: dt.datetime = _ts(nullable=False)
+    started_at: dt.datetime = timestamp_field(nullable=False)
     finished_at: dt.datetime | None = Field(
         default=None, sa_column=Column(DateTime(), nullable=True)
     )

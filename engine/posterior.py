@@ -99,6 +99,15 @@ def quantiles(rows: np.ndarray, levels: tuple[float, ...]) -> list[np.ndarray]:
     return out
 
 
+def p_best_among(value_draws: np.ndarray, allowed: list[int]) -> np.ndarray:
+    """P(best) of each experience when only ``allowed`` (indexes) compete: shape (K,), zero
+    outside ``allowed``. value_draws: (S, K) joint draws."""
+    p = np.zeros(value_draws.shape[1])
+    best = np.asarray(allowed)[value_draws[:, allowed].argmax(axis=1)]
+    p += np.bincount(best, minlength=value_draws.shape[1]) / value_draws.shape[0]
+    return p
+
+
 def thompson_propensity(p_best: np.ndarray, chosen: int, *, explore: float) -> float:
     """P(the policy picks ``chosen``) = (1 - explore) * P(best) + explore / K.
 

@@ -16,12 +16,14 @@ never the event log:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import logging
 import threading
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from scipy.special import digamma, gammaln
@@ -36,6 +38,7 @@ from engine.catalog import Catalog, engine_state, load_catalog
 from engine.config import Settings
 from engine.db import WalCheckpointer, is_sqlite, make_engine, read_connection
 from engine.decision_log import DecisionLog
+from engine.errors import InvalidInput
 from engine.hierarchy import NodeKey, TreePosterior, fit_tree
 from engine.models import CellStat, EngineState, utcnow
 from engine.stats import EXPOSURE_BUCKETS, CellTable, load_cell_table
@@ -53,6 +56,13 @@ a minute of decay moves them by 2^(-1 / (90 x 1440)), five parts in a million.""
 CELL_DRAWS_BUDGET = 64 * 2**20
 """Bytes of posterior draws a worker keeps per snapshot; cells beyond it are drawn per decision."""
 MEMO_SIZE = 100_000
+
+log = logging.getLogger("nextbest.runtime")
+
+if TYPE_CHECKING:
+    from rules.active import ActiveRules
+    from rules.guardrails import Guardrails
+    from rules.runtime import RuleRuntime
 
 
 @dataclass(frozen=True)
@@ -272,7 +282,8 @@ def aggregate_by_experience(
 def fit_snapshot_tree(
     table: CellTable, catalog: Catalog, codes: _Codes | None = None
 ) -> TreePosterior:
-    """The hierarchical posterior of the stored cells along the catalog's segmentation.
+    """The hierarchical posterior of the stored cells along the catalog's segmentation; the control
+    experience (the first by key if several are marked) anchors the fatigue of repeats.
 
     Cells are stored per finest segment (every declared attribute) while the tree splits on the
     segmentation's attributes only, so the rows are first summed per leaf of the tree: the fit
@@ -306,6 +317,8 @@ def fit_snapshot_tree(
         counts,
         order=order,
         n_levels=len(labels),
+        n_buckets=EXPOSURE_BUCKETS,
+        control=min((k for k, e in catalog.experiences.items() if e.is_control), default=None),
     )
 
 
@@ -328,6 +341,7 @@ class Runtime:
     def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
         self.settings = settings
         self.checkpointer: WalCheckpointer | None = None
+        self._owns_engine = engine is None
         if engine is None:
             engine = make_engine(settings.database_url)
             if is_sqlite(engine) and engine.url.database not in (None, "", ":memory:"):
@@ -346,16 +360,14 @@ class Runtime:
         self._stats: StatsSnapshot | None = None
         self._stats_dirty = True
         self.decision_log = DecisionLog(self.engine)
+        self._rules: tuple[int, ActiveRules | None] | None = None
+        self._rules_lock = threading.Lock()
+        self._reload_lock = threading.Lock()
+        self._rule_runtime: RuleRuntime | None = None
+        self._guardrails: tuple[int, Guardrails] | None = None
 
     def session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
-
-    def close(self) -> None:
-        """Stop background work (the SQLite checkpointer) and close the connections."""
-        if self.checkpointer is not None:
-            self.checkpointer.stop()
-            self.checkpointer = None
-        self.engine.dispose()
 
     # Catalog -----------------------------------------------------------------------------------
 
@@ -393,6 +405,98 @@ class Runtime:
             self._paths = {}
             self._stats_dirty = True
         return catalog
+
+    def rules(self, session: Session | None, catalog: Catalog) -> ActiveRules | None:
+        """The active rule-set version (reloaded when the catalog version moves: activating a
+        version bumps it). Without ``session``, a short-lived one is opened for the reload only;
+        one thread reloads while the others wait for its result."""
+        with self._lock:
+            cached = self._rules
+        if cached is not None and cached[0] == catalog.version:
+            return cached[1]
+        with self._reload_lock:
+            with self._lock:
+                cached = self._rules
+            if cached is not None and cached[0] == catalog.version:
+                return cached[1]
+            from rules.active import load_active
+
+            names = {key: info.name for key, info in catalog.experiences.items()}
+            if session is None:
+                with self.session() as own:
+                    active = load_active(own, names)
+            else:
+                active = load_active(session, names)
+            if active is not None and self.settings.rule_runtime == "durable":
+                active = self._in_durable_rules(active)
+            with self._lock:
+                self._rules = (catalog.version, active)
+            return active
+
+    def _in_durable_rules(self, active: ActiveRules) -> ActiveRules:
+        """``active`` run by this worker's durable-rules host (started on first use); if
+        durable-rules cannot load it, the Python evaluator answers (logged)."""
+        from rules.runtime import DurableRulesError, RuleRuntime
+
+        with self._rules_lock:
+            if self._rule_runtime is None:
+                self._rule_runtime = RuleRuntime()
+            if self._rule_runtime.active_version != active.version:
+                try:
+                    self._rule_runtime.activate(active.version, active.specs())
+                except (DurableRulesError, InvalidInput):
+                    log.exception("durable-rules cannot run version %s", active.version)
+                    return active
+        return dataclasses.replace(active, runtime=self._rule_runtime)
+
+    def rule_counters(self) -> dict[str, int] | None:
+        """The durable-rules host's counters (evaluations, fallbacks, errors, ...), if started."""
+        with self._rules_lock:
+            return None if self._rule_runtime is None else self._rule_runtime.counters()
+
+    def close(self, *, release_engine: bool = True) -> None:
+        """Stop what the worker started: the rule runtime and, when ``release_engine`` and this
+        runtime made its engine, the SQLite checkpointer and the connections (an engine passed
+        in is the caller's)."""
+        with self._rules_lock:
+            if self._rule_runtime is not None:
+                self._rule_runtime.close()
+                self._rule_runtime = None
+        with self._lock:
+            self._rules = None  # its evaluator may be the host just closed
+        if release_engine and self._owns_engine:
+            if self.checkpointer is not None:
+                self.checkpointer.stop()
+                self.checkpointer = None
+            self.engine.dispose()
+
+    def guardrails(self, session: Session | None, catalog: Catalog) -> Guardrails:
+        """The active guardrails (reloaded when the catalog version moves: creating or
+        deactivating one bumps it). Without ``session``, a short-lived one is opened for the
+        reload only; one thread reloads while the others wait for its result."""
+        with self._lock:
+            cached = self._guardrails
+        if cached is not None and cached[0] == catalog.version:
+            return cached[1]
+        with self._reload_lock:
+            return self._load_guardrails(session, catalog)
+
+    def _load_guardrails(self, session: Session | None, catalog: Catalog) -> Guardrails:
+        with self._lock:
+            cached = self._guardrails
+        if cached is not None and cached[0] == catalog.version:
+            return cached[1]
+        from rules.guardrails import Guardrails, list_guardrails
+
+        if session is None:
+            with self.session() as own:
+                rows = list_guardrails(session=own, active=True)
+        else:
+            rows = list_guardrails(session=session, active=True)
+        loaded = Guardrails(catalog, rows)
+        with self._lock:
+            self._guardrails = (catalog.version, loaded)
+        return loaded
 
     def eligibility(self, catalog: Catalog, key: str) -> Predicate | None:
         """The compiled eligibility rule of an experience (None: everyone is eligible)."""
@@ -447,14 +551,24 @@ class Runtime:
 
     # Statistics --------------------------------------------------------------------------------
 
-    def stats(self, catalog: Catalog, now: dt.datetime | None = None) -> StatsSnapshot:
+    def stats(
+        self,
+        catalog: Catalog | Session,
+        *rest: Catalog,
+        now: dt.datetime | None = None,
+    ) -> StatsSnapshot:
         """The statistics snapshot for ``catalog``.
+
+        ``stats(session, catalog)`` is accepted too (callers that hold a session); the snapshot
+        is read on the runtime's own connections either way, from committed data.
 
         Fresh enough: returned as is. Stale (older than ``stats_refresh_seconds``, or this worker
         wrote since and half the interval has passed): this thread reloads it, unless
         another one is doing so already, in which case this one keeps the snapshot it has. Made
         for another catalog, or none yet: this thread waits for the reload.
         """
+        if isinstance(catalog, Session):
+            (catalog,) = rest
         cached = self._stats
         usable = cached is not None and cached.catalog_version == catalog.version
         if usable and not self._stale(cached):

@@ -217,6 +217,17 @@ class SegmentationPublic(BaseModel):
     updated_at: dt.datetime
 
 
+class DecayIn(Strict):
+    half_life_days: float = Field(
+        gt=0, le=36_500, description="Days after which a result counts half as much as a new one"
+    )
+
+
+class DecayPublic(BaseModel):
+    half_life_days: float
+    epoch: dt.datetime
+
+
 # Customers ------------------------------------------------------------------------------------
 
 Attributes = Annotated[dict[str, Any], Field(max_length=100)]
@@ -317,6 +328,13 @@ class DecisionExplanation(BaseModel):
     outcome_distribution: dict[str, float]
 
 
+class Suppressed(BaseModel):
+    experience: str
+    guardrail_id: int
+    name: str
+    kind: str
+
+
 class DecisionPublic(BaseModel):
     decision_id: str
     customer_id: str
@@ -328,6 +346,9 @@ class DecisionPublic(BaseModel):
     ranked: list[RankedExperience]
     segment: str
     explanation: DecisionExplanation
+    suppressed: list[Suppressed] = Field(
+        default_factory=list, description="Candidates a guardrail removed, and which one"
+    )
     created_at: dt.datetime
 
 
@@ -412,3 +433,150 @@ class ApiKeyPublic(BaseModel):
 
 class ApiKeyCreated(ApiKeyPublic):
     key: str = Field(description="Shown once; only its hash is stored")
+
+
+# Insights --------------------------------------------------------------------------------------
+
+
+class NodeExperience(BaseModel):
+    experience: str
+    n: float = Field(description="Decayed number of results in this cell")
+    distribution: dict[str, float] = Field(description="Posterior mean of each result level")
+    expected_net_value: float
+    ci90: tuple[float, float]
+    p_best: float = Field(description="P(this experience is best at this node)")
+
+
+class SegmentNode(BaseModel):
+    segment: str = Field(description='"" is everyone; "plan=basic|tenure_months=<12" a path')
+    depth: int
+    experiences: list[NodeExperience]
+
+
+class SegmentInsights(BaseModel):
+    segmentation: list[str]
+    exposure: int
+    levels: list[str]
+    half_life_days: float
+    as_of: dt.datetime
+    kappas: dict[str, list[float]] = Field(
+        description="Fitted prior concentration per experience and depth (root first)"
+    )
+    nodes: list[SegmentNode]
+
+
+class CustomerScorePublic(BaseModel):
+    customer_id: str
+    name: str | None
+    attributes: dict[str, Any]
+    segment: str
+    best_experience: str
+    best_net_value: float
+    control_experience: str
+    control_net_value: float
+    gain: float = Field(description="Expected net value of the best experience over the control")
+    uplift: float = Field(description="Expected gross value of the best over the control")
+    cost: float = Field(description="Expected cost of the best experience")
+    value_at_stake: float = Field(
+        description="Under the control: P(worst result) x the other results' worth over it"
+    )
+
+
+class WorklistPublic(BaseModel):
+    items: list[CustomerScorePublic]
+    matched: int = Field(description="Customers that pass the filters")
+    next_offset: int | None
+    as_of: dt.datetime
+
+
+# Rule sets -------------------------------------------------------------------------------------
+
+
+class RulesetCompileIn(Strict):
+    budget: int = Field(default=25, ge=1, le=200, description="At most this many rules")
+    min_support: float = Field(
+        default=30.0, ge=0, le=1e9, description="A segment with fewer results folds into its parent"
+    )
+    seed: int = Field(default=0, ge=0, le=2**32 - 1, description="Seed of the posterior draws")
+
+
+class RulesetSummary(BaseModel):
+    version: int
+    created_at: dt.datetime
+    created_by: str
+    active: bool
+    activated_at: dt.datetime | None
+    activated_by: str | None
+    settings: dict[str, Any]
+    metrics: dict[str, Any]
+
+
+class RulesetPublic(RulesetSummary):
+    rules: list[dict[str, Any]]
+    text: str = Field(description="The whole version as Markdown, one sentence per rule")
+
+
+class RulesetsPublic(BaseModel):
+    data: list[RulesetSummary]
+    next_before: int | None
+
+
+class RulesetDiff(BaseModel):
+    from_version: int = Field(alias="from")
+    to_version: int = Field(alias="to")
+    added: list[dict[str, Any]]
+    removed: list[dict[str, Any]]
+    changed: list[dict[str, Any]]
+    metrics: dict[str, Any]
+
+    model_config = {"populate_by_name": True, "serialize_by_alias": True}
+
+
+# Guardrails ------------------------------------------------------------------------------------
+
+
+class GuardrailIn(Strict):
+    kind: Literal["forbid", "contact_limit", "cooldown", "max_exposures", "budget"]
+    name: str = Field(min_length=1, max_length=200)
+    experience: Key | None = None
+    condition: str | None = Field(default=None, min_length=1, max_length=2000)
+    channel: Key | None = None
+    limit: int | None = Field(default=None, ge=1, le=10**9)
+    period_days: float | None = Field(default=None, gt=0, le=3650)
+
+
+class GuardrailPublic(BaseModel):
+    id: int
+    kind: str
+    name: str
+    experience: str | None
+    condition: str | None
+    channel: str | None
+    limit: int | None
+    period_days: float | None
+    active: bool
+    created_at: dt.datetime
+    created_by: str
+
+
+class GuardrailsPublic(BaseModel):
+    data: list[GuardrailPublic]
+
+
+# Off-policy evaluation -------------------------------------------------------------------------
+
+
+class EvaluateIn(Strict):
+    days: float = Field(default=90.0, gt=0, le=3650, description="Decisions of the last N days")
+    where: str | None = Field(default=None, min_length=1, max_length=2000)
+    clip: float | None = Field(default=None, ge=1, le=1e6, description="Cap importance weights")
+
+
+class PolicyValue(BaseModel):
+    """Estimates of policies' value per decision from logged decisions (engine.ope)."""
+
+    window: dict[str, Any]
+    decisions: dict[str, int]
+    overrides: dict[str, Any] = Field(description="Decisions an agent overrode, on their own")
+    engine: dict[str, Any] = Field(description="Decisions the engine's choice was delivered for")
+    policies: dict[str, Any]

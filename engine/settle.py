@@ -1,13 +1,22 @@
-"""Delayed outcomes: a decision with no outcome after the scale's attribution window settles to
-the scale's default result (DESIGN section 4), so that silence is counted as what it means."""
+"""Delayed outcomes and upkeep of the statistics.
+
+A decision with no outcome after the scale's attribution window settles to the scale's default
+result (DESIGN section 4), so that silence is counted as what it means. ``maintain`` does that in
+batches and re-bases the decay epoch when it is due; ``nextbest settle`` runs it once, and every
+worker of ``nextbest serve`` runs it in the background (``NEXTBEST_MAINTENANCE_SECONDS``).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
+from dataclasses import dataclass
 
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, col, select
 
-from engine.catalog import Catalog
+from engine.catalog import Catalog, load_catalog, rebase_if_due
 from engine.models import Decision, DecisionOverride, Outcome
 from engine.triples import Triple, store_triples
 
@@ -46,3 +55,38 @@ def settle_due(*, session: Session, catalog: Catalog, now: dt.datetime, limit: i
     ]
     store_triples(session, catalog=catalog, triples=triples)
     return len(triples)
+
+
+log = logging.getLogger("nextbest.maintenance")
+
+
+@dataclass(frozen=True)
+class Upkeep:
+    settled: int
+    rebased: bool
+
+
+def maintain(engine: Engine, *, now: dt.datetime, batch: int = 5000) -> Upkeep:
+    """Settle every due decision (one transaction per ``batch``) and re-base the epoch if due.
+
+    Several workers may run this at once: when two settle the same decision, the unique index on
+    outcomes.decision_id stops the second, whose batch rolls back and is left to the winner.
+    """
+    settled = 0
+    while True:
+        try:
+            with Session(engine, expire_on_commit=False) as session:
+                done = settle_due(
+                    session=session, catalog=load_catalog(session), now=now, limit=batch
+                )
+                session.commit()
+        except (IntegrityError, OperationalError) as error:
+            log.info("another worker is settling (%s); leaving it to them", type(error).__name__)
+            break
+        settled += done
+        if done < batch:
+            break
+    with Session(engine) as session:
+        rebased = rebase_if_due(session=session, now=now)
+        session.commit()
+    return Upkeep(settled=settled, rebased=rebased)

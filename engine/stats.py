@@ -15,10 +15,10 @@ import datetime as dt
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
-from sqlalchemy import Table, delete
+from sqlalchemy import Table, delete, update
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
@@ -49,9 +49,8 @@ def decay_factor(now: dt.datetime, *, epoch: dt.datetime, half_life_days: float)
     return float(2.0 ** (-days / half_life_days))
 
 
-@dataclass(frozen=True)
-class TripleFacts:
-    """What a stored result contributes to the statistics."""
+class TripleFacts(NamedTuple):
+    """What a stored result contributes to the statistics (a tuple: imports make millions)."""
 
     segment: str
     experience_key: str
@@ -97,7 +96,11 @@ def apply_increments(session: Session, sums: Mapping[CellKey, list[float]]) -> N
             "experience_key": key[1],
             "exposure_bucket": key[2],
             "level": key[3],
-            **dict(zip(names, values, strict=True)),
+            "weight": values[0],
+            "value_weight": values[1],
+            "value_sum": values[2],
+            "cost_weight": values[3],
+            "cost_sum": values[4],
         }
         # A fixed order keeps concurrent writers taking row locks in the same order (no deadlock).
         for key, values in sorted(sums.items())
@@ -167,6 +170,13 @@ def rebuild_cells(*, session: Session, catalog: Catalog) -> int:
     session.execute(delete(CellStat))
     apply_increments(session, sums)
     return len(sums)
+
+
+def scale_cells(session: Session, factor: float) -> None:
+    """Multiply every stored weight and sum by ``factor`` (a re-base of the epoch)."""
+    table: Table = CellStat.__table__  # type: ignore[attr-defined]
+    names = ("weight", "value_weight", "value_sum", "cost_weight", "cost_sum")
+    session.execute(update(table).values({name: table.c[name] * factor for name in names}))
 
 
 def drift(

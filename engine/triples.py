@@ -16,15 +16,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import Table, tuple_
+from sqlalchemy import Table
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, func, insert, select
 
 from engine import stats
-from engine.catalog import Catalog
+from engine.catalog import Catalog, current_catalog
 from engine.customers import clean_attributes
-from engine.db import dialect_insert, execute_many
+from engine.db import add_exposures, dialect_insert, execute_many
 from engine.errors import Conflict, InvalidInput
-from engine.models import Customer, Exposure, Outcome, utcnow
+from engine.models import Customer, Outcome, utcnow
 
 EVENT_FIELDS = (
     "customer_id",
@@ -40,7 +41,7 @@ FUTURE_TOLERANCE = dt.timedelta(days=1)
 CHUNK = 2000
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Triple:
     """A validated result ready to store."""
 
@@ -55,6 +56,19 @@ class Triple:
     decision_id: str | None = None
     source: str = "event"
     request_hash: str | None = None
+
+
+def spooled_triple(triple: Triple) -> tuple[Any, ...]:
+    """The triple as an import's spool holds it: its fields in order, ``occurred_at`` as naive
+    UTC. Plain tuples with naive times unpickle several times faster than the objects or aware
+    times; ``unspooled_triple`` rebuilds the triple."""
+    fields = [getattr(triple, name) for name in Triple.__dataclass_fields__]
+    fields[3] = triple.occurred_at.replace(tzinfo=None)
+    return tuple(fields)
+
+
+def unspooled_triple(fields: tuple[Any, ...]) -> Triple:
+    return Triple(fields[0], fields[1], fields[2], fields[3].replace(tzinfo=dt.UTC), *fields[4:])
 
 
 @dataclass(frozen=True)
@@ -179,15 +193,17 @@ def request_hash(triple: Triple) -> str:
 
 
 def store_triples(
-    session: Session, *, catalog: Catalog, triples: Sequence[Triple]
+    session: Session, *, catalog: Catalog, triples: Sequence[Triple], report: bool = True
 ) -> list[StoredTriple]:
     """Store ``triples`` with their exposures and cell statistics in the caller's transaction.
 
     Triples whose idempotency key is stored already with the same content are not stored again
     (the stored outcome is returned in their place); a key stored with other content is a 409.
+    With ``report=False`` (bulk imports) the new ids are not read back and the list is empty.
     """
     if not triples:
         return []
+    catalog = current_catalog(session, catalog)
     triples = [
         replace(t, request_hash=request_hash(t))
         if t.idempotency_key is not None and t.request_hash is None
@@ -199,6 +215,7 @@ def store_triples(
     fresh = _dedupe_keys(fresh)
     snapshots = _customers(session, catalog, fresh) if fresh else []
     exposures = _exposures(session, fresh) if fresh else []
+    now = utcnow()
     rows: list[dict[str, Any]] = [
         {
             "decision_id": t.decision_id,
@@ -208,7 +225,7 @@ def store_triples(
             "value": t.value,
             "cost": t.cost,
             "occurred_at": t.occurred_at,
-            "recorded_at": utcnow(),
+            "recorded_at": now,
             "attributes": snapshots[i],
             "exposure": exposures[i],
             "source": t.source,
@@ -219,11 +236,14 @@ def store_triples(
     ]
     stored: list[StoredTriple] = []
     if rows:
-        ids = _insert_outcomes(session, rows)
-        stored = [
-            StoredTriple(id=i, **{k: row[k] for k in _STORED_FIELDS})
-            for i, row in zip(ids, rows, strict=True)
-        ]
+        if report:
+            ids = _insert_outcomes(session, rows)
+            stored = [
+                StoredTriple(id=i, **{k: row[k] for k in _STORED_FIELDS})
+                for i, row in zip(ids, rows, strict=True)
+            ]
+        else:
+            execute_many(session, insert(Outcome.__table__), rows)  # type: ignore[attr-defined]
         facts = (
             stats.TripleFacts(
                 segment=catalog.finest_segment(row["attributes"]),
@@ -240,6 +260,8 @@ def store_triples(
             session,
             stats.increments(facts, epoch=catalog.epoch, half_life_days=catalog.half_life_days),
         )
+    if not report:
+        return []
     results: list[StoredTriple] = []
     by_key = {key: StoredTriple.of(row, replayed=True) for key, row in replayed.items()}
     fresh_rows = iter(stored)
@@ -317,61 +339,59 @@ def _dedupe_keys(triples: list[Triple]) -> list[Triple]:
 
 def _customers(
     session: Session, catalog: Catalog, triples: Sequence[Triple]
-) -> list[dict[str, Any]]:
+) -> list[Mapping[str, Any]]:
     """Attribute snapshots: the stored profile with the triple's attributes over it.
 
     Unknown customers are created with the attributes of their first triple.
     """
     ids = list(dict.fromkeys(t.customer_id for t in triples))
+    # A triple that carries every declared attribute is its own snapshot: for its customer only
+    # existence matters, and reading ids skips decoding the stored profile.
+    declared = len(catalog.specs)
+    partial = {t.customer_id for t in triples if len(t.attributes) < declared}
     profiles: dict[str, dict[str, Any]] = {}
+    table: Table = Customer.__table__  # type: ignore[attr-defined]
+    connection = session.connection()  # Core rows: the ORM's result loading costs more here
     for part in _chunks(ids):
-        for cid, attributes in session.execute(
-            select(Customer.id, Customer.attributes).where(col(Customer.id).in_(part))
-        ):
+        for cid, attributes in connection.execute(
+            sa_select(table.c.id, table.c.attributes).where(
+                table.c.id.in_([c for c in part if c in partial])
+            )
+        ).all():
             profiles[cid] = attributes
+        for cid in (
+            connection.execute(
+                sa_select(table.c.id).where(table.c.id.in_([c for c in part if c not in partial]))
+            )
+            .scalars()
+            .all()
+        ):
+            profiles[cid] = {}
     new: dict[str, dict[str, Any]] = {}
     for t in triples:
         if t.customer_id not in profiles and t.customer_id not in new:
             new[t.customer_id] = dict(t.attributes)
     if new:
         now = utcnow()
-        _insert_ignore(
+        execute_many(
             session,
-            Customer.__table__,  # type: ignore[attr-defined]
+            dialect_insert(session)(table).on_conflict_do_nothing(index_elements=["id"]),
             [
                 {"id": cid, "name": None, "attributes": attrs, "created_at": now, "updated_at": now}
                 for cid, attrs in new.items()
             ],
-            ["id"],
         )
         profiles.update(new)
-    return [{**profiles[t.customer_id], **t.attributes} for t in triples]
+    return [
+        {**profiles[t.customer_id], **t.attributes} if t.customer_id in partial else t.attributes
+        for t in triples
+    ]
 
 
 def _exposures(session: Session, triples: Sequence[Triple]) -> list[int]:
     """Earlier exposures of each triple's customer to its experience, counted atomically."""
     pairs = Counter((t.customer_id, t.experience_key) for t in triples)
-    table: Table = Exposure.__table__  # type: ignore[attr-defined]
-    statement = dialect_insert(session)(table)
-    statement = statement.on_conflict_do_update(
-        index_elements=["customer_id", "experience_key"],
-        set_={"count": table.c["count"] + statement.excluded["count"]},
-    )
-    ordered = sorted(pairs.items())
-    execute_many(
-        session,
-        statement,
-        [{"customer_id": c, "experience_key": e, "count": k} for (c, e), k in ordered],
-    )
-    after: dict[tuple[str, str], int] = {}
-    for part in _chunks([p for p, _ in ordered]):
-        rows = session.execute(
-            select(Exposure.customer_id, Exposure.experience_key, Exposure.count).where(
-                tuple_(col(Exposure.customer_id), col(Exposure.experience_key)).in_(part)
-            )
-        )
-        for cid, exp, count in rows:
-            after[(cid, exp)] = count
+    after = add_exposures(session, sorted(pairs.items()))
     running = {pair: after[pair] - k for pair, k in pairs.items()}
     earlier = []
     for t in triples:
@@ -379,13 +399,6 @@ def _exposures(session: Session, triples: Sequence[Triple]) -> list[int]:
         earlier.append(running[pair])
         running[pair] += 1
     return earlier
-
-
-def _insert_ignore(
-    session: Session, table: Table, rows: list[dict[str, Any]], keys: list[str]
-) -> None:
-    statement = dialect_insert(session)(table).on_conflict_do_nothing(index_elements=keys)
-    session.execute(statement, rows)
 
 
 def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:

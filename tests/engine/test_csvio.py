@@ -13,9 +13,19 @@ from sqlmodel import Session, func, select
 from typer.testing import CliRunner
 
 from cli import app
-from engine.csvio import ImportFailed, export_events, import_csv
-from engine.models import Customer, ImportRun, Outcome
+from engine.catalog import load_catalog
+from engine.csvio import (
+    ImportFailed,
+    _as_dict,
+    _EventParser,
+    _parse_row,
+    export_events,
+    import_csv,
+)
+from engine.errors import InvalidInput
+from engine.models import Customer, ImportRun, Outcome, utcnow
 from engine.runtime import Runtime
+from engine.triples import spooled_triple, unspooled_triple
 from tests.test_api_triples import assert_stats_equal_replay
 
 HEADER = ["customer_id", "experience", "result", "occurred_at", "value", "plan", "tenure_months"]
@@ -196,3 +206,91 @@ def test_keys_cli(database_url: str, runtime: Runtime) -> None:
     )
     assert bad.exit_code == 1
     assert "unknown role 'god'" in bad.output
+
+
+FULL_HEADER = [
+    "customer_id",
+    "experience",
+    "result",
+    "occurred_at",
+    "value",
+    "cost",
+    "idempotency_key",
+    "plan",
+    "tenure_months",
+    "monthly_spend",
+    "fraud_flag",
+    "signup_date",
+]
+PLAIN = {
+    "customer_id": "c-1",
+    "experience": "discount_10",
+    "result": "retained",
+    "occurred_at": "2026-10-01T08:30:00Z",
+    "value": "120.5",
+    "cost": "",
+    "idempotency_key": "",
+    "plan": "plus",
+    "tenure_months": "14",
+    "monthly_spend": "52.5",
+    "fraud_flag": "false",
+    "signup_date": "2025-03-04",
+}
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"occurred_at": "2026-10-01T10:30:00+02:00"},
+        {"occurred_at": "2026-10-01T08:30:00"},  # naive: an error
+        {"occurred_at": "2999-01-01T00:00:00Z"},  # future: an error
+        {"occurred_at": "yesterday"},
+        {"customer_id": "c 1"},
+        {"customer_id": "c/1"},
+        {"customer_id": "x" * 129},
+        {"customer_id": ""},
+        {"experience": "nope"},
+        {"result": "R11"},
+        {"value": "1e3", "cost": "-4"},
+        {"value": "nan"},
+        {"value": "1e13"},
+        {"cost": "ten"},
+        {"idempotency_key": "k" * 200},
+        {"idempotency_key": "k" * 201},
+        {"plan": "gold"},
+        {"plan": " plus"},
+        {"plan": "   "},
+        {"tenure_months": " 14 "},
+        {"tenure_months": "inf"},
+        {"tenure_months": "1_000"},
+        {"tenure_months": ""},
+        {"fraud_flag": "TRUE"},
+        {"fraud_flag": "yes"},
+        {"fraud_flag": "maybe"},
+        {"signup_date": "2025-3-4"},
+        {"signup_date": "20250304"},
+        {"signup_date": "2025-03-04T10:00"},
+    ],
+)
+def test_fast_row_parser_agrees_with_parse_event(
+    changes: dict[str, str], business: Any, runtime: Runtime
+) -> None:
+    """The import's fast path and parse_event accept the same rows with the same values, and
+    reject the same rows with the same message."""
+    with runtime.session() as session:
+        catalog = load_catalog(session)
+    now = utcnow()
+    cells = [{**PLAIN, **changes}[name] for name in FULL_HEADER]
+    fast = _EventParser(catalog, FULL_HEADER, now)
+
+    def outcome(parse: Any) -> Any:
+        try:
+            return unspooled_triple(parse(cells))
+        except InvalidInput as error:
+            return (error.message, error.field)
+
+    def slow(cells: list[str]) -> tuple[Any, ...]:
+        return spooled_triple(_parse_row("events", catalog, _as_dict(FULL_HEADER, cells), now))
+
+    assert outcome(fast) == outcome(slow)

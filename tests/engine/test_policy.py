@@ -16,7 +16,7 @@ def test_simulate_ranks_the_engine_above_the_baselines() -> None:
     engine, uniform = by_name["nextbest"], by_name["uniform_random"]
     assert engine["regret"] < by_name["segment_thompson"]["regret"]
     assert engine["regret"] < by_name["epsilon_greedy_segment"]["regret"]
-    assert engine["regret_vs_uniform"] < 0.7
+    assert engine["regret_vs_uniform"] < 0.6
     # it keeps learning after the drift: the last window beats the first window after it
     assert engine["regret_per_decision_last"] < engine["regret_per_decision_early_post_drift"]
     assert engine["wasted_offer_share"] < uniform["wasted_offer_share"]

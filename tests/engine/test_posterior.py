@@ -68,3 +68,11 @@ def test_invariants(alpha: np.ndarray, net: np.ndarray, explore: float, seed: in
     for chosen in range(4):
         propensity = posterior.thompson_propensity(summary.p_best, chosen, explore=explore)
         assert explore / 4 - 1e-12 <= propensity <= 1.0 + 1e-12
+    # A rule that lets only some experiences compete: P(best) among them sums to 1, zero outside,
+    # and the policy's propensities (rule-restricted Thompson mixed with uniform) sum to 1.
+    allowed = sorted({seed % 4, (seed // 4) % 4})
+    among = posterior.p_best_among(values, allowed)
+    assert among.sum() == pytest.approx(1.0)
+    assert all(among[k] == 0 for k in range(4) if k not in allowed)
+    total = sum(posterior.thompson_propensity(among, k, explore=explore) for k in range(4))
+    assert total == pytest.approx(1.0)

@@ -17,7 +17,7 @@ from engine.catalog import Catalog, Level, Scale
 from engine.hierarchy import fit_tree
 from engine.models import CellStat
 from engine.runtime import CellDraws, Runtime, aggregate_by_experience, fit_snapshot_tree
-from engine.stats import CellTable
+from engine.stats import EXPOSURE_BUCKETS, CellTable
 
 LABELS = ("churned", "retained", "upgraded")
 SPECS = {
@@ -63,7 +63,8 @@ def random_table(rng: np.random.Generator, n: int = 400) -> CellTable:
 
 def test_tree_fitted_on_leaf_sums_equals_the_fit_on_every_cell() -> None:
     table = random_table(np.random.default_rng(3))
-    snapshot_tree = fit_snapshot_tree(table, catalog())
+    shop = catalog()
+    snapshot_tree = fit_snapshot_tree(table, shop)
     segments, segment_index = np.unique(table.segments.astype(str), return_inverse=True)
     experiences, experience_index = np.unique(table.experiences.astype(str), return_inverse=True)
     level_index = np.array([LABELS.index(x) if x in LABELS else -1 for x in table.levels])
@@ -78,6 +79,8 @@ def test_tree_fitted_on_leaf_sums_equals_the_fit_on_every_cell() -> None:
         table.counts[keep],
         order=("plan", "region"),
         n_levels=3,
+        n_buckets=EXPOSURE_BUCKETS,
+        control=min((k for k, e in shop.experiences.items() if e.is_control), default=None),
     )
     assert set(snapshot_tree.alpha) == set(reference.alpha)
     for key, alpha in reference.alpha.items():

@@ -1,0 +1,35 @@
+"""The demo business that `make run` serves: catalog, customers, history, active rules, keys."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+from sqlmodel import func, select
+
+from engine.demo import DEMO_DECISIONS, DEMO_KEYS, seed_demo
+from engine.models import Customer, Decision, Experience, Outcome
+from engine.runtime import Runtime
+from rules.models import RuleSetVersion
+
+
+def test_demo_business(runtime: Runtime, client: TestClient) -> None:
+    assert seed_demo(engine=runtime.engine, n_customers=300, n_triples=3000) is True
+    assert seed_demo(engine=runtime.engine, n_customers=300, n_triples=3000) is False  # once
+    with runtime.session() as session:
+        count = lambda model: session.exec(select(func.count()).select_from(model)).one()  # noqa: E731
+        # the history, then the engine's own decisions with their results
+        assert (count(Experience), count(Customer)) == (8, 300)
+        assert (count(Outcome), count(Decision)) == (3000 + DEMO_DECISIONS, DEMO_DECISIONS)
+        assert all(d.propensity > 0 for d in session.exec(select(Decision)))
+        versions = session.exec(select(RuleSetVersion)).all()
+    assert [(v.version, v.active) for v in versions] == [(1, True)]
+    assert len(versions[0].rules) <= 25
+    for role, key in DEMO_KEYS.items():
+        response = client.get("/v1/experiences", headers={"Authorization": f"Bearer {key}"})
+        assert response.status_code == 200, role
+    decision = client.post(
+        "/v1/decisions",
+        json={"customer_id": "c-00001"},
+        headers={"Authorization": f"Bearer {DEMO_KEYS['agent']}"},
+    )
+    assert decision.status_code == 201
+    assert decision.json()["source"] in {"rule", "explore"}
