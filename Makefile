@@ -32,6 +32,7 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/decide.py
 
 clean:
 	rm -rf $(VENV) nextbest.db nextbest.db-wal nextbest.db-shm

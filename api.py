@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Path, Query, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -114,23 +114,29 @@ class Allow:
     def __init__(self, *roles: Role) -> None:
         self.roles = roles
 
-    def __call__(self, request: Request) -> Principal:
+    async def __call__(self, request: Request) -> Principal:
         header = request.headers.get("authorization", "")
         scheme, _, key = header.partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
+        key = key.strip()
+        if scheme.lower() != "bearer" or not key:
             raise _AuthError(401, "unauthenticated", "send Authorization: Bearer <API key>")
         runtime: Runtime = request.app.state.runtime
-        with runtime.session() as session:
-            row = auth.authenticate(session, key.strip())
-        if row is None or row.id is None:
+        checked = runtime.keys.get(key) or await run_in_threadpool(_check_key, runtime, key)
+        if checked is None:
             raise _AuthError(401, "unauthenticated", "the API key is unknown or revoked")
-        if row.role != "admin" and row.role not in self.roles:
+        if checked.role != "admin" and checked.role not in self.roles:
             raise _AuthError(
                 403,
                 "forbidden",
-                f"role {row.role!r} may not do this; allowed: {', '.join(self.roles) or 'admin'}",
+                f"role {checked.role!r} may not do this; "
+                f"allowed: {', '.join(self.roles) or 'admin'}",
             )
-        return Principal(key_id=row.id, name=row.name, role=row.role)  # type: ignore[arg-type]
+        return Principal(key_id=checked.id, name=checked.name, role=checked.role)  # type: ignore[arg-type]
+
+
+def _check_key(runtime: Runtime, key: str) -> auth.CheckedKey | None:
+    with runtime.session() as session:
+        return auth.check_key(session=session, cache=runtime.keys, key=key)
 
 
 class _AuthError(Exception):
@@ -151,7 +157,7 @@ Admin = Annotated[Principal, Depends(Allow())]
 # Dependencies ----------------------------------------------------------------------------------
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
 
@@ -288,6 +294,7 @@ async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
     settings = settings or (runtime.settings if runtime else Settings())
+    owned = runtime is None
     runtime = runtime or Runtime(settings)
 
     @asynccontextmanager
@@ -300,7 +307,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             upkeep.cancel()
             with suppress(asyncio.CancelledError):
                 await upkeep
-            runtime.close()
+            runtime.close(release_engine=owned)
 
     app = FastAPI(
         title="nextbest",
@@ -730,10 +737,10 @@ def _install_routes(app: FastAPI) -> None:
 
     # Decisions and outcomes
     @app.post("/v1/decisions", status_code=201, tags=["decisions"])
-    def post_decision(
-        body: DecisionIn, session: SessionDep, runtime: RuntimeDep, _: Decider
-    ) -> DecisionPublic:
-        return decisions.decide(session=session, runtime=runtime, decision_in=body)
+    async def post_decision(body: DecisionIn, runtime: RuntimeDep, _: Decider) -> DecisionPublic:
+        # One hop to a worker thread for the whole decision (its read, and the wait for the
+        # commit of its log entry); the service manages its own connections.
+        return await run_in_threadpool(decisions.decide, runtime=runtime, decision_in=body)
 
     @app.post("/v1/decisions/{decision_id}/override", status_code=201, tags=["decisions"])
     def override_decision(
@@ -788,8 +795,11 @@ def _install_routes(app: FastAPI) -> None:
         return ApiKeyCreated.model_validate({**row.model_dump(), "key": key})
 
     @app.post("/v1/keys/{key_id}:revoke", tags=["admin"])
-    def revoke_key(key_id: int, session: SessionDep, who: Admin) -> ApiKeyPublic:
+    def revoke_key(
+        key_id: int, session: SessionDep, runtime: RuntimeDep, who: Admin
+    ) -> ApiKeyPublic:
         row = auth.revoke_key(session=session, key_id=key_id, actor=who.actor)
+        runtime.keys.clear()
         return ApiKeyPublic.model_validate(row, from_attributes=True)
 
 

@@ -3,6 +3,9 @@
 A key reads ``nb_<prefix>_<secret>``; the prefix finds the row, the hash of the whole key is
 compared with ``hmac.compare_digest``. Keys are 32 random bytes, so a plain SHA-256 (no slow KDF)
 is the right hash: there is nothing to brute-force.
+
+A worker remembers the keys it checked for a short while (``KeyCache``), so that a busy caller
+does not cost a database read per request.
 """
 
 from __future__ import annotations
@@ -10,6 +13,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
+import time
+from dataclasses import dataclass
 
 from sqlmodel import Session, col, select
 
@@ -100,3 +106,56 @@ def revoke_key(*, session: Session, key_id: int, actor: str) -> ApiKey:
             after={"revoked_at": row.revoked_at},
         )
     return row
+
+
+@dataclass(frozen=True)
+class CheckedKey:
+    """What a request needs to know about the key that authenticated it."""
+
+    id: int
+    name: str
+    role: str
+
+
+class KeyCache:
+    """Keys that passed ``authenticate`` in the last ``ttl_seconds``, by the SHA-256 of the key.
+
+    A cached key is trusted until its entry expires: a key revoked through another worker keeps
+    working on this one for at most ``ttl_seconds`` (the worker that revokes forgets every key at
+    once). Keys that failed are never cached, so a wrong key always costs a database read, and at
+    most ``max_entries`` keys are kept. ``ttl_seconds`` = 0 turns the cache off.
+    """
+
+    def __init__(self, *, ttl_seconds: float, max_entries: int = 10_000) -> None:
+        self.ttl_seconds = ttl_seconds
+        self._max = max_entries
+        self._lock = threading.Lock()
+        self._entries: dict[str, tuple[CheckedKey, float]] = {}
+
+    def get(self, key: str) -> CheckedKey | None:
+        entry = self._entries.get(hash_key(key))
+        if entry is None or entry[1] <= time.monotonic():
+            return None
+        return entry[0]
+
+    def put(self, key: str, checked: CheckedKey) -> None:
+        if self.ttl_seconds <= 0:
+            return
+        with self._lock:
+            if len(self._entries) >= self._max:
+                self._entries = {}
+            self._entries[hash_key(key)] = (checked, time.monotonic() + self.ttl_seconds)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries = {}
+
+
+def check_key(*, session: Session, cache: KeyCache, key: str) -> CheckedKey | None:
+    """The key's identity if it is known and not revoked (remembered in ``cache``), else None."""
+    row = authenticate(session, key)
+    if row is None or row.id is None:
+        return None
+    checked = CheckedKey(id=row.id, name=row.name, role=row.role)
+    cache.put(key, checked)
+    return checked

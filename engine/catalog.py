@@ -54,6 +54,11 @@ class Scale:
     def labels(self) -> tuple[str, ...]:
         return tuple(level.label for level in self.levels)
 
+    @property
+    def per_customer(self) -> bool:
+        """Whether some level's value comes from the customer's attributes."""
+        return any(level.value_attribute is not None for level in self.levels)
+
     def index(self, label: str) -> int:
         return self.labels.index(label)
 

@@ -32,6 +32,12 @@ class Settings(BaseSettings):
     stats_refresh_seconds: float = Field(
         default=2.0, ge=0, description="Longest a worker serves statistics without re-reading"
     )
+    auth_cache_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        description="How long a worker trusts an API key it checked; a key revoked elsewhere "
+        "stops working on every worker within this time (0: check every request)",
+    )
     maintenance_seconds: float = Field(
         default=60.0,
         ge=0,

@@ -78,27 +78,3 @@ def _decode_cursor(cursor: str) -> str:
         raise InvalidInput(
             f"cursor {cursor!r} is not a cursor this API returned", field="cursor"
         ) from None
-
-
-def customer_for_decision(
-    *, session: Session, catalog: Catalog, customer_id: str, attributes: Mapping[str, Any] | None
-) -> Customer:
-    """The stored customer with ``attributes`` merged over its profile; created if unknown."""
-    row = session.get(Customer, customer_id)
-    if row is None and attributes is None:
-        raise NotFound(
-            f"no customer {customer_id!r}; send attributes to create it with the decision",
-            field="customer_id",
-        )
-    given = clean_attributes(catalog, attributes or {})
-    now = utcnow()
-    if row is None:
-        row = Customer(id=customer_id, attributes=given, created_at=now, updated_at=now)
-        session.add(row)
-        session.flush()
-    elif given and any(row.attributes.get(k) != v for k, v in given.items()):
-        row.attributes = {**row.attributes, **given}
-        row.updated_at = now
-        session.add(row)
-        session.flush()
-    return row

@@ -12,20 +12,31 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
+from sqlalchemy import bindparam
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
-from engine import posterior
-from engine.attributes import segment_path
-from engine.catalog import Catalog
-from engine.customers import customer_for_decision
+from engine import posterior, prepared
+from engine.catalog import Catalog, ExperienceInfo, Scale
+from engine.customers import clean_attributes
+from engine.decision_log import DecisionWrite
 from engine.errors import Conflict, InvalidInput, NotFound
-from engine.models import Decision, DecisionOverride, Exposure, Outcome, utcnow
+from engine.models import (
+    Customer,
+    Decision,
+    DecisionOverride,
+    EngineState,
+    Exposure,
+    Outcome,
+    utcnow,
+)
 from engine.money import cost_by_level, level_values
-from engine.runtime import Runtime, StatsSnapshot
+from engine.runtime import CellKey, Runtime, StatsSnapshot
 from engine.schemas import (
     DecisionExplanation,
     DecisionIn,
@@ -39,26 +50,44 @@ from engine.schemas import (
 from engine.stats import exposure_bucket
 from engine.triples import StoredTriple, Triple, store_triples
 
+# The catalog version, the customer's stored attributes and its exposures, in one round trip: one
+# row per experience the customer has met (attributes NULL when there is no such customer).
+_CUSTOMER_STATE = (
+    sa_select(
+        col(EngineState.catalog_version),
+        col(Customer.attributes),
+        col(Exposure.experience_key),
+        col(Exposure.count),
+    )
+    .select_from(EngineState)
+    .outerjoin(Customer, col(Customer.id) == bindparam("customer_id"))
+    .outerjoin(Exposure, col(Exposure.customer_id) == col(Customer.id))
+    .where(col(EngineState.id) == 1)
+)
 
-def decide(*, session: Session, runtime: Runtime, decision_in: DecisionIn) -> DecisionPublic:
-    catalog = runtime.catalog(session)
+
+def decide(*, runtime: Runtime, decision_in: DecisionIn) -> DecisionPublic:
+    """Choose an experience for a customer and log the decision; returns once it is committed.
+
+    The database sees one indexed read (catalog version, customer, exposures) and one insert,
+    committed together with the decisions of concurrent requests (engine.decision_log); the
+    catalog, the statistics and the posterior draws come from the worker's caches
+    (engine.runtime), so the cost of a decision does not grow with the events logged. The
+    active rule set and guardrails are cached per catalog version too: a short-lived session
+    reads them when the version moves, and the guardrails' counts when any are active.
+    """
+    version, stored, exposures = read_customer(runtime, decision_in.customer_id)
+    catalog = runtime.catalog_at(version)
     scale_labels = catalog.require_scale().labels
     _check_overrides(catalog, decision_in)
-    customer = customer_for_decision(
-        session=session,
-        catalog=catalog,
-        customer_id=decision_in.customer_id,
-        attributes=decision_in.attributes,
-    )
-    attributes = customer.attributes
+    attributes, customer_row = _customer(catalog, decision_in, stored)
     keys = eligible_experiences(runtime, catalog, attributes, decision_in.channel)
     keys, suppressed = _apply_guardrails(
-        session, runtime, catalog, customer.id, attributes, keys, decision_in.channel
+        runtime, catalog, decision_in.customer_id, attributes, keys, decision_in.channel
     )
-    snapshot = runtime.stats(session, catalog)
-    path = segment_path(catalog.specs, catalog.segmentation, attributes)
-    exposures = customer_exposures(session, customer.id)
-    alpha, net, evidence = posterior_inputs(
+    snapshot = runtime.stats(catalog)
+    path = runtime.segment_path(catalog, attributes)
+    alpha, net, cells, evidence = _posterior_cells(
         catalog,
         snapshot,
         keys,
@@ -68,10 +97,14 @@ def decide(*, session: Session, runtime: Runtime, decision_in: DecisionIn) -> De
         values=decision_in.values,
         costs=decision_in.costs,
     )
-    draws = posterior.dirichlet_draws(alpha, runtime.settings.posterior_draws, runtime.rng)
-    value_draws = np.einsum("skl,kl->sk", draws, net)
-    summary = posterior.summarize(alpha, net, value_draws)
-    rule = None if decision_in.exploit else _rule_for(session, runtime, catalog, attributes, keys)
+    # Joint draws of the candidates' net values, shape (K, S): each candidate's cell draws
+    # (engine.runtime.CellDraws) times its net value per level, in single precision like the
+    # draws (Monte Carlo error is far above float32 rounding).
+    values = np.empty((len(keys), snapshot.draws.n_draws), dtype=np.float32)
+    for k, (cell, a, n) in enumerate(zip(cells, alpha, net.astype(np.float32), strict=True)):
+        np.matmul(snapshot.draws.get(cell, a), n, out=values[k])
+    summary = posterior.summarize(alpha, net, values.T)
+    rule = None if decision_in.exploit else _rule_for(runtime, catalog, attributes, keys)
     if decision_in.exploit:
         chosen, source = int(np.argmax(summary.mean)), "exploit"
         propensity = 1.0
@@ -80,65 +113,135 @@ def decide(*, session: Session, runtime: Runtime, decision_in: DecisionIn) -> De
         # The policy: with probability ``explore`` a uniform pick, else Thompson sampling over the
         # experiences the fired rule allows (all eligible ones when no rule applies).
         allowed = rule.allowed if rule is not None else list(range(len(keys)))
-        q = posterior.p_best_among(value_draws, allowed)
+        q = summary.p_best if rule is None else posterior.p_best_among(values.T, allowed)
         if runtime.rng.random() < explore:
             chosen, source = int(runtime.rng.integers(len(keys))), "explore"
         else:
-            chosen = allowed[int(np.argmax(value_draws[0, allowed]))]
+            # The best allowed experience of one joint draw picked at random, so that P(best
+            # among allowed) from the same draws is exactly the probability of this choice.
+            draw = int(runtime.rng.integers(values.shape[1]))
+            chosen = allowed[int(np.argmax(values[allowed, draw]))]
             source = "rule" if rule is not None else "thompson"
         propensity = posterior.thompson_propensity(q, chosen, explore=explore)
-    order = np.argsort(-summary.mean, kind="stable")
-    ranked = [
-        RankedExperience(
-            experience=keys[k],
-            expected_net_value=round(float(summary.mean[k]), 4),
-            ci90=(round(float(summary.ci_low[k]), 4), round(float(summary.ci_high[k]), 4)),
-            p_best=round(float(summary.p_best[k]), 4),
+    ranked = _ranked(keys, summary)
+    now = utcnow()
+    decision_id = str(uuid.uuid4())
+    runtime.decision_log.log(
+        DecisionWrite(
+            decision={
+                "id": decision_id,
+                "customer_id": decision_in.customer_id,
+                "created_at": now,
+                "channel": decision_in.channel,
+                "agent_id": decision_in.agent_id,
+                "attributes": attributes,
+                "segment": catalog.finest_segment(attributes),
+                "candidates": ranked,
+                "experience_key": keys[chosen],
+                "propensity": propensity,
+                "source": source,
+                "rule_id": rule.rule_id if rule else None,
+                "ruleset_version": rule.version if rule else None,
+                "experiment_key": None,
+                "arm": None,
+                "overrides": {"values": decision_in.values or {}, "costs": decision_in.costs or {}},
+            },
+            customer=customer_row,
         )
-        for k in order
-    ]
-    decision = Decision(
-        id=str(uuid.uuid4()),
-        customer_id=customer.id,
-        created_at=utcnow(),
-        channel=decision_in.channel,
-        agent_id=decision_in.agent_id,
-        attributes=attributes,
-        segment=catalog.finest_segment(attributes),
-        candidates=[r.model_dump() for r in ranked],
-        experience_key=keys[chosen],
-        propensity=propensity,
-        source=source,
-        rule_id=rule.rule_id if rule else None,
-        ruleset_version=rule.version if rule else None,
-        overrides={"values": decision_in.values or {}, "costs": decision_in.costs or {}},
     )
-    session.add(decision)
-    session.flush()
-    runtime.guardrails(session, catalog).chose(decision.experience_key)
+    runtime.guardrails(None, catalog).chose(keys[chosen])
+    mean = posterior.dirichlet_mean(alpha[chosen]).tolist()
     return DecisionPublic(
-        decision_id=decision.id,
-        customer_id=customer.id,
-        experience=decision.experience_key,
+        decision_id=decision_id,
+        customer_id=decision_in.customer_id,
+        experience=keys[chosen],
         propensity=round(propensity, 6),
         source=source,
         rule=RulePublic(id=rule.rule_id, version=rule.version, text=rule.text) if rule else None,
         experiment=None,
-        ranked=ranked[: decision_in.top_k],
-        segment=decision.segment,
+        ranked=[RankedExperience.model_validate(r) for r in ranked[: decision_in.top_k]],
+        segment=catalog.finest_segment(attributes),
         suppressed=suppressed,
         explanation=DecisionExplanation(
             segment_path=path,
             evidence=evidence,
             outcome_distribution={
-                label: round(float(p), 4)
-                for label, p in zip(
-                    scale_labels, posterior.dirichlet_mean(alpha[chosen]), strict=True
-                )
+                label: round(p, 4) for label, p in zip(scale_labels, mean, strict=True)
             },
         ),
-        created_at=decision.created_at,
+        created_at=now,
     )
+
+
+def read_customer(
+    runtime: Runtime, customer_id: str
+) -> tuple[int | None, dict[str, Any] | None, dict[str, int]]:
+    """(catalog version, the customer's stored attributes, its exposures per experience).
+
+    The version is None while the database has no engine state yet; the attributes are None for
+    an unknown customer. One statement, outside any transaction (engine.prepared).
+    """
+    statement = _prepared_state(runtime)
+    with prepared.cursor(runtime.engine, write=False) as cursor:
+        cursor.execute(statement.sql, statement.parameters({"customer_id": customer_id}))
+        rows = statement.fetch(cursor)
+    if not rows:
+        return None, None, {}
+    version, attributes = rows[0][0], rows[0][1]
+    exposures = {key: count for _, _, key, count in rows if key is not None}
+    return int(version), attributes, exposures
+
+
+_PREPARED: dict[str, prepared.Prepared] = {}
+
+
+def _prepared_state(runtime: Runtime) -> prepared.Prepared:
+    dialect = runtime.engine.dialect.name
+    found = _PREPARED.get(dialect)
+    if found is None:
+        found = _PREPARED[dialect] = prepared.Prepared.compile(_CUSTOMER_STATE, runtime.engine)
+    return found
+
+
+def _customer(
+    catalog: Catalog, decision_in: DecisionIn, stored: dict[str, Any] | None
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The customer's attributes for this decision (given ones merged over stored ones), and the
+    customer row to store with the decision when it creates the customer or changes it."""
+    if stored is None and decision_in.attributes is None:
+        raise NotFound(
+            f"no customer {decision_in.customer_id!r}; send attributes to create it with the "
+            "decision",
+            field="customer_id",
+        )
+    given = clean_attributes(catalog, decision_in.attributes or {})
+    if stored is not None and not any(stored.get(k) != v for k, v in given.items()):
+        return stored, None
+    attributes = given if stored is None else {**stored, **given}
+    now = utcnow()
+    row = {
+        "id": decision_in.customer_id,
+        "name": None,
+        "attributes": attributes,
+        "created_at": now,
+        "updated_at": now,
+    }
+    return attributes, row
+
+
+def _ranked(keys: list[str], summary: posterior.NetValueSummary) -> list[dict[str, Any]]:
+    """Every candidate with its scores, best expected net value first (stable on ties)."""
+    mean = summary.mean.tolist()
+    low, high, p_best = summary.ci_low.tolist(), summary.ci_high.tolist(), summary.p_best.tolist()
+    return [
+        {
+            "experience": keys[k],
+            "expected_net_value": round(mean[k], 4),
+            "ci90": [round(low[k], 4), round(high[k], 4)],
+            "p_best": round(p_best[k], 4),
+        }
+        for k in np.argsort(-summary.mean, kind="stable").tolist()
+    ]
 
 
 @dataclass(frozen=True)
@@ -151,15 +254,15 @@ class _FiredRule:
 
 
 def _rule_for(
-    session: Session,
     runtime: Runtime,
     catalog: Catalog,
     attributes: Mapping[str, Any],
     keys: list[str],
 ) -> _FiredRule | None:
     """The active rule set's rule for this customer, if one fires and allows an eligible
-    experience (else the engine chooses among all eligible ones)."""
-    active = runtime.rules(session, catalog)
+    experience (else the engine chooses among all eligible ones). The active set is cached per
+    catalog version; a session is opened only to reload it."""
+    active = runtime.rules(None, catalog)
     index = active.first(attributes) if active is not None else None
     if active is None or index is None:
         return None
@@ -171,7 +274,6 @@ def _rule_for(
 
 
 def _apply_guardrails(
-    session: Session,
     runtime: Runtime,
     catalog: Catalog,
     customer_id: str,
@@ -179,18 +281,22 @@ def _apply_guardrails(
     keys: list[str],
     channel: str | None,
 ) -> tuple[list[str], list[Suppressed]]:
-    """The candidates the guardrails leave, and each suppressed one with its guardrail."""
-    guardrails = runtime.guardrails(session, catalog)
+    """The candidates the guardrails leave, and each suppressed one with its guardrail.
+
+    The guardrails are cached per catalog version; without active guardrails this reads nothing,
+    with some their (small, indexed) counts run on a short-lived session."""
+    guardrails = runtime.guardrails(None, catalog)
     if not guardrails:
         return keys, []
-    hits = guardrails.suppressed(
-        session,
-        customer_id=customer_id,
-        attributes=attributes,
-        candidates=keys,
-        channel=channel,
-        now=utcnow(),
-    )
+    with runtime.session() as session:
+        hits = guardrails.suppressed(
+            session,
+            customer_id=customer_id,
+            attributes=attributes,
+            candidates=keys,
+            channel=channel,
+            now=utcnow(),
+        )
     suppressed = [Suppressed(experience=k, **hit) for k in keys for hit in hits.get(k, [])]
     left = [k for k in keys if k not in hits]
     if not left:
@@ -210,15 +316,13 @@ def _check_overrides(catalog: Catalog, decision_in: DecisionIn) -> None:
 
 
 def eligible_experiences(
-    runtime: Runtime, catalog: Catalog, attributes: dict[str, Any], channel: str | None
+    runtime: Runtime, catalog: Catalog, attributes: Mapping[str, Any], channel: str | None
 ) -> list[str]:
-    keys = []
-    for key, info in catalog.experiences.items():
-        if not info.active or (channel and info.channels and channel not in info.channels):
-            continue
-        predicate = runtime.eligibility(catalog, key)
-        if predicate is None or predicate(attributes):
-            keys.append(key)
+    keys = [
+        key
+        for key, predicate in runtime.candidates(catalog, channel)
+        if predicate is None or predicate(attributes)
+    ]
     if not keys:
         raise Conflict(
             "no active experience is eligible for this customer"
@@ -251,38 +355,77 @@ def posterior_inputs(
 ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
     """Dirichlet parameters and per-level net values for the candidates, both shape (K, L), and
     the evidence behind each: the cell of the segment tree the posterior comes from. ``values``
-    and ``costs`` override level values and experience costs (one decision's overrides).
+    and ``costs`` override level values and experience costs (one decision's overrides)."""
+    alpha, net, _, evidence = _posterior_cells(
+        catalog, snapshot, keys, attributes, path, exposures, values=values, costs=costs
+    )
+    return alpha, net, evidence
+
+
+def _posterior_cells(
+    catalog: Catalog,
+    snapshot: StatsSnapshot,
+    keys: list[str],
+    attributes: Mapping[str, Any],
+    path: list[str],
+    exposures: Mapping[str, int],
+    *,
+    values: Mapping[str, float] | None = None,
+    costs: Mapping[str, float] | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[CellKey], list[dict[str, Any]]]:
+    """posterior_inputs, and the cell each posterior comes from (the key of its cached draws).
 
     Each candidate's posterior is that of the deepest cell with data on the customer's segment
     path, in the customer's exposure bucket for that experience (engine.hierarchy).
     """
     scale = catalog.require_scale()
     n_levels = len(scale.levels)
-    per_experience = [snapshot.experience(k, n_levels) for k in keys]
     alpha = np.empty((len(keys), n_levels))
+    cells: list[CellKey] = []
     evidence = []
     for k, key in enumerate(keys):
         bucket = exposure_bucket(exposures.get(key, 0))
         alpha[k], depth = snapshot.tree.cell(path, key, bucket)
-        node = path[depth] if depth >= 0 else None
-        counts = snapshot.tree.counts.get((node, key, bucket)) if node is not None else None
+        cell = (path[depth] if depth >= 0 else None, key, bucket)
+        cells.append(cell)
         evidence.append(
             {
                 "experience": key,
-                "segment": node,
+                "segment": cell[0],
                 "exposure_bucket": bucket,
-                "n": round(float(counts.sum()), 2) if counts is not None else 0.0,
+                "n": snapshot.cell_total(cell),
             }
         )
-    worth = level_values(scale, attributes, values)
     net = np.empty((len(keys), n_levels))
-    for k, (key, s) in enumerate(zip(keys, per_experience, strict=True)):
-        learned = np.divide(
-            s.value_sums, s.value_weights, out=np.zeros(n_levels), where=s.value_weights > 0
-        )
-        v = np.where(np.isnan(worth), learned, worth)
-        net[k] = v - cost_by_level(catalog.experiences[key], scale, attributes, costs)
-    return alpha, net, evidence
+    worth: np.ndarray | None = None
+    for k, key in enumerate(keys):
+        info = catalog.experiences[key]
+        if values or costs or info.cost_attribute or scale.per_customer:
+            if worth is None:
+                worth = level_values(scale, attributes, values)
+            net[k] = _net(snapshot, scale, info, worth, attributes, costs)
+        else:
+            net[k] = snapshot.memo(("net", key), partial(_net, snapshot, scale, info))
+    return alpha, net, cells, evidence
+
+
+def _net(
+    snapshot: StatsSnapshot,
+    scale: Scale,
+    info: ExperienceInfo,
+    values: np.ndarray | None = None,
+    attributes: Mapping[str, Any] | None = None,
+    costs: Mapping[str, float] | None = None,
+) -> np.ndarray:
+    """Value minus cost incurred, per level: shape (L,). Levels without a declared value take the
+    mean realised value learned for the experience."""
+    attributes = attributes or {}
+    if values is None:
+        values = level_values(scale, attributes)
+    n_levels = len(scale.levels)
+    known = np.where(np.isnan(values), snapshot.learned_values(info.key, n_levels), values)
+    result: np.ndarray = known - cost_by_level(info, scale, attributes, costs)
+    return result
 
 
 # Outcomes --------------------------------------------------------------------------------------

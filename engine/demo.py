@@ -135,7 +135,7 @@ def _serve_decisions(
     n: int,
 ) -> None:
     from engine.config import Settings
-    from engine.decisions import customer_exposures, decide, record_outcome
+    from engine.decisions import decide, read_customer, record_outcome
     from engine.runtime import Runtime
     from engine.schemas import DecisionIn, OutcomeIn
 
@@ -145,17 +145,13 @@ def _serve_decisions(
     )
     keys = [e.key for e in world.experiences]
     made = []
-    with runtime.session() as session:
-        for i in rng.integers(0, len(people), n).tolist():
-            person = people[i]
-            decision = decide(
-                session=session,
-                runtime=runtime,
-                decision_in=DecisionIn(customer_id=person["customer_id"]),
-            )
-            seen = customer_exposures(session, person["customer_id"]).get(decision.experience, 0)
-            made.append((person, decision, seen))
-        session.commit()
+    for i in rng.integers(0, len(people), n).tolist():
+        person = people[i]
+        decision = decide(  # committed before it returns (engine.decision_log)
+            runtime=runtime, decision_in=DecisionIn(customer_id=person["customer_id"])
+        )
+        _, _, exposures = read_customer(runtime, person["customer_id"])
+        made.append((person, decision, exposures.get(decision.experience, 0)))
     probs = world.true_probs(
         [person["attributes"] for person, _, _ in made],
         np.array([keys.index(decision.experience) for _, decision, _ in made]),
@@ -171,6 +167,7 @@ def _serve_decisions(
                 outcome_in=OutcomeIn(decision_id=decision.decision_id, result=world.levels[level]),
             )
         session.commit()
+    runtime.close()  # the rule runtime, if a decision started it (the engine is the caller's)
 
 
 def _compile_rules(engine: Engine) -> None:

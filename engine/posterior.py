@@ -47,6 +47,16 @@ def dirichlet_draws(alpha: np.ndarray, n_draws: int, rng: np.random.Generator) -
     return draws
 
 
+def cell_draws(alpha: np.ndarray, n_draws: int, rng: np.random.Generator) -> np.ndarray:
+    """Draws p ~ Dirichlet(alpha) of one cell: alpha (L,) -> draws (S, L), float32.
+
+    Single precision: the draws feed Monte Carlo summaries whose own error (about 1 / sqrt(S)) is
+    orders of magnitude larger, and a worker keeps thousands of them (engine.runtime.CellDraws).
+    """
+    draws: np.ndarray = dirichlet_draws(alpha[None, :], n_draws, rng)[:, 0, :].astype(np.float32)
+    return draws
+
+
 @dataclass(frozen=True)
 class NetValueSummary:
     """Per experience, all of shape (K,): expected net value (closed form), 90% interval from the
@@ -63,11 +73,30 @@ class NetValueSummary:
 def summarize(alpha: np.ndarray, net: np.ndarray, value_draws: np.ndarray) -> NetValueSummary:
     """alpha, net: (K, L); value_draws: (S, K) joint draws of each experience's net value."""
     mean, var = net_value_moments(alpha, net)
-    low, high = np.quantile(value_draws, [0.05, 0.95], axis=0)
-    best = value_draws.argmax(axis=1)
-    p_best = np.bincount(best, minlength=value_draws.shape[1]) / value_draws.shape[0]
-    loss = (value_draws.max(axis=1, keepdims=True) - value_draws).mean(axis=0)
+    # One contiguous row of draws per experience: sorting rows is several times cheaper than
+    # np.quantile over columns, and gives the same (linear, type 7) quantiles.
+    by_experience = np.ascontiguousarray(value_draws.T)
+    low, high = quantiles(by_experience, (0.05, 0.95))
+    n_draws, k = value_draws.shape
+    p_best = np.bincount(value_draws.argmax(axis=1), minlength=k) / n_draws
+    loss = (by_experience.max(axis=0) - by_experience).mean(axis=1)
     return NetValueSummary(mean, np.sqrt(var), low, high, p_best, loss)
+
+
+def quantiles(rows: np.ndarray, levels: tuple[float, ...]) -> list[np.ndarray]:
+    """Per row of ``rows`` (shape (K, S)), the quantiles at ``levels``, each of shape (K,).
+
+    Linear interpolation between order statistics at h = (S - 1) q, as np.quantile's default.
+    """
+    n = rows.shape[1]
+    ordered = np.sort(rows, axis=1)  # vectorised sort: cheaper than np.partition for two levels
+    out = []
+    for q in levels:
+        h = (n - 1) * q
+        below = min(int(np.floor(h)), n - 1)
+        lo, hi = ordered[:, below], ordered[:, min(below + 1, n - 1)]
+        out.append(lo + (h - below) * (hi - lo))
+    return out
 
 
 def p_best_among(value_draws: np.ndarray, allowed: list[int]) -> np.ndarray:

@@ -1,9 +1,17 @@
 """Per-process state of a worker: the database engine, the random generator and the caches.
 
-Workers share nothing but the database. Each keeps a snapshot of the catalog (reloaded when
-``EngineState.catalog_version`` moves) and of the cell statistics (reloaded at most every
-``stats_refresh_seconds``, and at once after this worker's own writes), so a decision reads a few
-small rows, never the event log.
+Workers share nothing but the database. Each keeps, so that a decision reads a few small rows and
+never the event log:
+
+- the catalog, reloaded when ``EngineState.catalog_version`` moves (a decision reads the version
+  with its customer), with the compiled eligibility rules and the candidates of each channel;
+- a snapshot of the cell statistics and its fitted tree, reloaded at most every
+  ``stats_refresh_seconds`` and sooner after this worker's own writes. One thread reloads while
+  the others go on deciding on the snapshot they have; only a catalog change makes them wait.
+  When the interval is up, a one-row aggregate tells whether any cell changed; if none did, the
+  snapshot (and its draws) serves on, re-read at least every ``KEEP_UNCHANGED_SECONDS``;
+- per snapshot, the posterior draws of the cells that decisions asked for (``CellDraws``);
+- the API keys it checked in the last ``auth_cache_seconds`` (``engine.auth.KeyCache``).
 """
 
 from __future__ import annotations
@@ -13,23 +21,42 @@ import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-from sqlalchemy import Engine
+from scipy.special import digamma, gammaln
+from sqlalchemy import Engine, func
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, select
 
+from engine import posterior
+from engine.attributes import segment_path
+from engine.auth import KeyCache
 from engine.catalog import Catalog, engine_state, load_catalog
 from engine.config import Settings
-from engine.db import make_engine
+from engine.db import WalCheckpointer, is_sqlite, make_engine, read_connection
+from engine.decision_log import DecisionLog
 from engine.errors import InvalidInput
-from engine.hierarchy import TreePosterior, fit_tree
-from engine.models import EngineState, utcnow
+from engine.hierarchy import NodeKey, TreePosterior, fit_tree
+from engine.models import CellStat, EngineState, utcnow
 from engine.stats import EXPOSURE_BUCKETS, CellTable, load_cell_table
 
 Predicate = Callable[[Mapping[str, Any]], bool]
+_FINGERPRINT = sa_select(func.count(), func.coalesce(func.sum(CellStat.weight), 0.0)).select_from(
+    CellStat
+)
+CellKey = tuple[NodeKey | None, str, int]
+"""(node of the segment tree, or None for the experience's pooled root; experience; bucket)."""
+
+KEEP_UNCHANGED_SECONDS = 60.0
+"""Longest a snapshot serves while no cell changes: its counts were decayed to its load time, and
+a minute of decay moves them by 2^(-1 / (90 x 1440)), five parts in a million."""
+CELL_DRAWS_BUDGET = 64 * 2**20
+"""Bytes of posterior draws a worker keeps per snapshot; cells beyond it are drawn per decision."""
+MEMO_SIZE = 100_000
+
 log = logging.getLogger("nextbest.runtime")
 
 if TYPE_CHECKING:
@@ -50,6 +77,98 @@ class ExperienceStats:
     value_sums: np.ndarray
 
 
+class CellDraws:
+    """Posterior draws of the cells of one statistics snapshot, each taken when a decision first
+    needs it and kept while the snapshot serves.
+
+    A decision's joint draws are its candidates' cell draws side by side. A candidate is one
+    experience and a cell belongs to one experience, so the columns are independent draws of the
+    candidates' posteriors, exactly as fresh draws would be. What sharing changes: decisions on
+    the same cells during one snapshot see the same Monte Carlo sample, so they report the same
+    P(best) and intervals. Each decision still chooses at random (a uniformly picked joint draw),
+    and its logged propensity is the exact probability of that choice given the sample. Drawing
+    is most of the cost of a decision (S x K x L gamma variates), and a worker meets the same few
+    thousand cells again and again.
+
+    A new snapshot takes over the previous one's draws of a cell whose posterior barely moved
+    (KL divergence below ``KEEP_DRAWS_KL``, a difference no summary of a few thousand draws can
+    see): when results arrive, a reload refits every cell of the tree a little, and redrawing all
+    of them each time would cost more than the decisions. Cells that gained results are drawn
+    afresh.
+    """
+
+    def __init__(
+        self,
+        n_draws: int,
+        rng: np.random.Generator,
+        budget_bytes: int = CELL_DRAWS_BUDGET,
+        previous: CellDraws | None = None,
+    ) -> None:
+        self.n_draws = n_draws
+        self._rng = rng
+        self._budget = budget_bytes
+        self._lock = threading.Lock()
+        self._draws: dict[CellKey, tuple[np.ndarray, np.ndarray]] = {}
+        self._previous = previous._draws if previous is not None else {}
+        self._bytes = 0
+        self.kept = 0
+        """Cells whose draws came from the previous snapshot."""
+
+    def get(self, key: CellKey, alpha: np.ndarray) -> np.ndarray:
+        """Draws of the cell ``key`` whose posterior is Dirichlet(alpha): shape (S, L)."""
+        found = self._draws.get(key)
+        if found is not None:
+            return found[1]
+        old = self._previous.get(key)
+        if old is not None and old[1].shape[0] == self.n_draws and _close(old[0], alpha):
+            alpha, draws = old
+            self.kept += 1
+        else:
+            draws = posterior.cell_draws(alpha, self.n_draws, self._rng)
+        with self._lock:
+            found = self._draws.get(key)
+            if found is not None:
+                return found[1]
+            if self._bytes + draws.nbytes <= self._budget:
+                self._draws[key] = (alpha, draws)
+                self._bytes += draws.nbytes
+        return draws
+
+    def __len__(self) -> int:
+        return len(self._draws)
+
+
+KEEP_DRAWS_KL = 1e-4
+"""Largest KL(new || old) between a cell's posteriors for its old draws to stand for the new one:
+total variation at most sqrt(KL / 2) = 0.007, against a Monte Carlo error of about 0.011 on
+P(best) from 2000 draws."""
+
+
+def _close(old: np.ndarray, new: np.ndarray) -> bool:
+    """KL(Dir(new) || Dir(old)) < KEEP_DRAWS_KL (shapes (L,))."""
+    if old.shape != new.shape:
+        return False
+    if np.array_equal(old, new):
+        return True
+    n0, o0 = new.sum(), old.sum()
+    kl = (
+        gammaln(n0)
+        - gammaln(new).sum()
+        - gammaln(o0)
+        + gammaln(old).sum()
+        + ((new - old) * (digamma(new) - digamma(n0))).sum()
+    )
+    return bool(kl < KEEP_DRAWS_KL)
+
+
+_MISSING = object()
+T = TypeVar("T")
+
+
+def _total(counts: np.ndarray | None) -> float:
+    return round(float(counts.sum()), 2) if counts is not None else 0.0
+
+
 @dataclass(frozen=True)
 class StatsSnapshot:
     table: CellTable
@@ -57,6 +176,15 @@ class StatsSnapshot:
     tree: TreePosterior
     catalog_version: int
     loaded_at: float
+    draws: CellDraws
+    learned: Mapping[str, np.ndarray] = field(default_factory=dict)
+    """Per experience, the mean realised value of each level (0 where none was reported): (L,)."""
+    fingerprint: tuple[int, float] | None = None
+    """Number of stored cells and sum of their weights when this snapshot was read: each result
+    adds a positive weight, so any new result changes it."""
+    read_at: float = 0.0
+    """When the cells were last read (``loaded_at`` moves on while they stay unchanged)."""
+    _memo: dict[Hashable, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def experience(self, key: str, n_levels: int) -> ExperienceStats:
         found = self.by_experience.get(key)
@@ -65,49 +193,146 @@ class StatsSnapshot:
         zeros = np.zeros(n_levels)
         return ExperienceStats(np.zeros((EXPOSURE_BUCKETS, n_levels)), zeros, zeros)
 
+    def learned_values(self, key: str, n_levels: int) -> np.ndarray:
+        found = self.learned.get(key)
+        return found if found is not None else np.zeros(n_levels)
+
+    def cell_total(self, cell: CellKey) -> float:
+        """Decayed number of results behind a cell (0 for an experience's pooled root)."""
+        node, key, bucket = cell
+        if node is None:
+            return 0.0
+        return self.memo(cell, lambda: _total(self.tree.counts.get((node, key, bucket))))
+
+    def memo(self, key: Hashable, compute: Callable[[], T]) -> T:
+        """``compute()``, once per snapshot and ``key``: values derived from these statistics
+        alone (a cell's total, an experience's net value per level when no customer changes
+        it)."""
+        found = self._memo.get(key, _MISSING)
+        if found is _MISSING:
+            found = self._memo[key] = compute()
+        return found  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class _Codes:
+    """The cell table's rows as integer codes (levels the scale lacks are dropped)."""
+
+    segments: list[str]
+    segment_index: np.ndarray
+    experiences: list[str]
+    experience_index: np.ndarray
+    buckets: np.ndarray
+    level_index: np.ndarray
+    rows: np.ndarray
+    """Positions in the table of the rows kept: shape (n,)."""
+
+
+def _factorize(values: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """Distinct values in order of first appearance and each row's index into them."""
+    items = values.tolist()
+    distinct = list(dict.fromkeys(items))
+    index = {v: i for i, v in enumerate(distinct)}
+    return distinct, np.fromiter(map(index.__getitem__, items), dtype=np.int64, count=len(items))
+
+
+def _codes(table: CellTable, labels: Sequence[str]) -> _Codes:
+    segments, segment_index = _factorize(table.segments)
+    experiences, experience_index = _factorize(table.experiences)
+    level_names, level_codes = _factorize(table.levels)
+    level_of = {label: i for i, label in enumerate(labels)}
+    level_map = np.array([level_of.get(x, -1) for x in level_names] or [-1], dtype=np.int64)
+    level_index = level_map[level_codes] if table.size else level_codes
+    rows = np.flatnonzero(level_index >= 0)
+    return _Codes(
+        segments,
+        segment_index[rows],
+        experiences,
+        experience_index[rows],
+        table.buckets[rows],
+        level_index[rows],
+        rows,
+    )
+
 
 def aggregate_by_experience(
-    table: CellTable, labels: tuple[str, ...]
+    table: CellTable, labels: tuple[str, ...], codes: _Codes | None = None
 ) -> dict[str, ExperienceStats]:
     """Sum the cells over segments: experience -> counts (B, L) and realised-value sums (L,)."""
-    level_index = {label: i for i, label in enumerate(labels)}
-    out: dict[str, ExperienceStats] = {}
-    for key in set(table.experiences.tolist()):
-        rows = np.nonzero(table.experiences == key)[0]
-        levels = np.array([level_index.get(x, -1) for x in table.levels[rows]], dtype=np.int64)
-        keep = levels >= 0
-        rows, levels = rows[keep], levels[keep]
-        counts = np.zeros((EXPOSURE_BUCKETS, len(labels)))
-        np.add.at(counts, (table.buckets[rows], levels), table.counts[rows])
-        value_weights = np.bincount(levels, table.value_weights[rows], minlength=len(labels))
-        value_sums = np.bincount(levels, table.value_sums[rows], minlength=len(labels))
-        out[key] = ExperienceStats(counts, value_weights, value_sums)
-    return out
+    codes = codes or _codes(table, labels)
+    n_levels, n_experiences = len(labels), len(codes.experiences)
+    flat = (codes.experience_index * EXPOSURE_BUCKETS + codes.buckets) * n_levels
+    flat += codes.level_index
+    size = n_experiences * EXPOSURE_BUCKETS * n_levels
+    counts = np.bincount(flat, table.counts[codes.rows], minlength=size)
+    per_level = codes.experience_index * n_levels + codes.level_index
+    weights = np.bincount(per_level, table.value_weights[codes.rows], minlength=size)
+    sums = np.bincount(per_level, table.value_sums[codes.rows], minlength=size)
+    counts = counts.reshape(n_experiences, EXPOSURE_BUCKETS, n_levels)
+    weights = weights[: n_experiences * n_levels].reshape(n_experiences, n_levels)
+    sums = sums[: n_experiences * n_levels].reshape(n_experiences, n_levels)
+    present = np.bincount(codes.experience_index, minlength=n_experiences) > 0
+    return {
+        key: ExperienceStats(counts[e], weights[e], sums[e])
+        for e, key in enumerate(codes.experiences)
+        if present[e]
+    }
 
 
-def fit_snapshot_tree(table: CellTable, catalog: Catalog) -> TreePosterior:
+def fit_snapshot_tree(
+    table: CellTable, catalog: Catalog, codes: _Codes | None = None
+) -> TreePosterior:
     """The hierarchical posterior of the stored cells along the catalog's segmentation; the control
-    experience (the first by key if several are marked) anchors the fatigue of repeats."""
+    experience (the first by key if several are marked) anchors the fatigue of repeats.
+
+    Cells are stored per finest segment (every declared attribute) while the tree splits on the
+    segmentation's attributes only, so the rows are first summed per leaf of the tree: the fit
+    then walks at most leaves x experiences x buckets x levels rows, however many finest segments
+    the data fills.
+    """
     labels = catalog.scale.labels if catalog.scale else ()
-    segments, segment_index = np.unique(table.segments.astype(str), return_inverse=True)
-    experiences, experience_index = np.unique(table.experiences.astype(str), return_inverse=True)
-    level_of = {label: i for i, label in enumerate(labels)}
-    level_index = np.array([level_of.get(x, -1) for x in table.levels], dtype=np.int64)
-    keep = level_index >= 0
-    parsed = [dict(p.split("=", 1) for p in s.split("|") if p) for s in segments.tolist()]
+    order = catalog.segmentation
+    codes = codes or _codes(table, labels)
+    leaf_of: dict[tuple[str, ...], int] = {}
+    segment_leaf = np.empty(len(codes.segments), dtype=np.int64)
+    for i, segment in enumerate(codes.segments):
+        levels = dict(p.split("=", 1) for p in segment.split("|") if p)
+        leaf = tuple(levels.get(name, "unknown") for name in order)
+        segment_leaf[i] = leaf_of.setdefault(leaf, len(leaf_of))
+    n_levels, n_experiences = max(len(labels), 1), max(len(codes.experiences), 1)
+    flat = segment_leaf[codes.segment_index] * n_experiences + codes.experience_index
+    flat = (flat * EXPOSURE_BUCKETS + codes.buckets) * n_levels + codes.level_index
+    cells, inverse = np.unique(flat, return_inverse=True)
+    counts = np.bincount(inverse, table.counts[codes.rows], minlength=len(cells))
+    rest, level_index = np.divmod(cells, n_levels)
+    rest, buckets = np.divmod(rest, EXPOSURE_BUCKETS)
+    leaf_index, experience_index = np.divmod(rest, n_experiences)
     return fit_tree(
-        parsed,
-        segment_index[keep],
-        experiences.tolist(),
-        experience_index[keep],
-        table.buckets[keep],
-        level_index[keep],
-        table.counts[keep],
-        order=catalog.segmentation,
+        [dict(zip(order, leaf, strict=True)) for leaf in leaf_of],
+        leaf_index,
+        codes.experiences,
+        experience_index,
+        buckets,
+        level_index,
+        counts,
+        order=order,
         n_levels=len(labels),
         n_buckets=EXPOSURE_BUCKETS,
         control=min((k for k, e in catalog.experiences.items() if e.is_control), default=None),
     )
+
+
+def learned_values(by_experience: Mapping[str, ExperienceStats]) -> dict[str, np.ndarray]:
+    """Mean realised value per level of each experience (0 where no value was reported)."""
+    out = {}
+    for key, s in by_experience.items():
+        out[key] = np.divide(
+            s.value_sums,
+            s.value_weights,
+            out=np.zeros(s.value_sums.shape[0]),
+            where=s.value_weights > 0,
+        )
+    return out
 
 
 class Runtime:
@@ -115,53 +340,98 @@ class Runtime:
 
     def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
         self.settings = settings
-        self.engine = engine if engine is not None else make_engine(settings.database_url)
+        self.checkpointer: WalCheckpointer | None = None
+        self._owns_engine = engine is None
+        if engine is None:
+            engine = make_engine(settings.database_url)
+            if is_sqlite(engine) and engine.url.database not in (None, "", ":memory:"):
+                self.checkpointer = WalCheckpointer(engine)
+                self.checkpointer.start()
+        self.engine = engine
         self.rng = np.random.default_rng(settings.seed)
+        self.keys = KeyCache(ttl_seconds=settings.auth_cache_seconds)
         self._lock = threading.Lock()
+        self._catalog_lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
         self._catalog: Catalog | None = None
         self._predicates: dict[str, Predicate] = {}
+        self._candidates: dict[str | None, list[tuple[str, Predicate | None]]] = {}
+        self._paths: dict[tuple[Any, ...], list[str]] = {}
         self._stats: StatsSnapshot | None = None
         self._stats_dirty = True
+        self.decision_log = DecisionLog(self.engine)
         self._rules: tuple[int, ActiveRules | None] | None = None
         self._rules_lock = threading.Lock()
+        self._reload_lock = threading.Lock()
         self._rule_runtime: RuleRuntime | None = None
         self._guardrails: tuple[int, Guardrails] | None = None
 
     def session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
 
+    # Catalog -----------------------------------------------------------------------------------
+
     def catalog(self, session: Session) -> Catalog:
         version = session.exec(select(EngineState.catalog_version)).first()
         if version is None:
             engine_state(session)
             version = 0
-        with self._lock:
-            cached = self._catalog
+        cached = self._catalog
         if cached is not None and cached.version == version:
             return cached
-        catalog = load_catalog(session)
+        return self._install(load_catalog(session))
+
+    def catalog_at(self, version: int | None) -> Catalog:
+        """The catalog at ``version`` (read by the caller, e.g. with a decision's customer):
+        the cached one, or reloaded once when the version moved (None: not initialised yet)."""
+        cached = self._catalog
+        if cached is not None and cached.version == version:
+            return cached
+        with self._catalog_lock:
+            cached = self._catalog
+            if cached is not None and version is not None and cached.version >= version:
+                return cached
+            with self.session() as session:
+                engine_state(session)
+                catalog = load_catalog(session)
+                session.commit()
+            return self._install(catalog)
+
+    def _install(self, catalog: Catalog) -> Catalog:
         with self._lock:
             self._catalog = catalog
             self._predicates = {}
+            self._candidates = {}
+            self._paths = {}
             self._stats_dirty = True
         return catalog
 
-    def rules(self, session: Session, catalog: Catalog) -> ActiveRules | None:
+    def rules(self, session: Session | None, catalog: Catalog) -> ActiveRules | None:
         """The active rule-set version (reloaded when the catalog version moves: activating a
-        version bumps it)."""
+        version bumps it). Without ``session``, a short-lived one is opened for the reload only;
+        one thread reloads while the others wait for its result."""
         with self._lock:
             cached = self._rules
         if cached is not None and cached[0] == catalog.version:
             return cached[1]
-        from rules.active import load_active
+        with self._reload_lock:
+            with self._lock:
+                cached = self._rules
+            if cached is not None and cached[0] == catalog.version:
+                return cached[1]
+            from rules.active import load_active
 
-        names = {key: info.name for key, info in catalog.experiences.items()}
-        active = load_active(session, names)
-        if active is not None and self.settings.rule_runtime == "durable":
-            active = self._in_durable_rules(active)
-        with self._lock:
-            self._rules = (catalog.version, active)
-        return active
+            names = {key: info.name for key, info in catalog.experiences.items()}
+            if session is None:
+                with self.session() as own:
+                    active = load_active(own, names)
+            else:
+                active = load_active(session, names)
+            if active is not None and self.settings.rule_runtime == "durable":
+                active = self._in_durable_rules(active)
+            with self._lock:
+                self._rules = (catalog.version, active)
+            return active
 
     def _in_durable_rules(self, active: ActiveRules) -> ActiveRules:
         """``active`` run by this worker's durable-rules host (started on first use); if
@@ -184,23 +454,46 @@ class Runtime:
         with self._rules_lock:
             return None if self._rule_runtime is None else self._rule_runtime.counters()
 
-    def close(self) -> None:
-        """Stop what the worker started (the rule runtime); the engine is the caller's."""
+    def close(self, *, release_engine: bool = True) -> None:
+        """Stop what the worker started: the rule runtime and, when ``release_engine`` and this
+        runtime made its engine, the SQLite checkpointer and the connections (an engine passed
+        in is the caller's)."""
         with self._rules_lock:
             if self._rule_runtime is not None:
                 self._rule_runtime.close()
                 self._rule_runtime = None
+        with self._lock:
+            self._rules = None  # its evaluator may be the host just closed
+        if release_engine and self._owns_engine:
+            if self.checkpointer is not None:
+                self.checkpointer.stop()
+                self.checkpointer = None
+            self.engine.dispose()
 
-    def guardrails(self, session: Session, catalog: Catalog) -> Guardrails:
+    def guardrails(self, session: Session | None, catalog: Catalog) -> Guardrails:
         """The active guardrails (reloaded when the catalog version moves: creating or
-        deactivating one bumps it)."""
+        deactivating one bumps it). Without ``session``, a short-lived one is opened for the
+        reload only; one thread reloads while the others wait for its result."""
+        with self._lock:
+            cached = self._guardrails
+        if cached is not None and cached[0] == catalog.version:
+            return cached[1]
+        with self._reload_lock:
+            return self._load_guardrails(session, catalog)
+
+    def _load_guardrails(self, session: Session | None, catalog: Catalog) -> Guardrails:
         with self._lock:
             cached = self._guardrails
         if cached is not None and cached[0] == catalog.version:
             return cached[1]
         from rules.guardrails import Guardrails, list_guardrails
 
-        loaded = Guardrails(catalog, list_guardrails(session=session, active=True))
+        if session is None:
+            with self.session() as own:
+                rows = list_guardrails(session=own, active=True)
+        else:
+            rows = list_guardrails(session=session, active=True)
+        loaded = Guardrails(catalog, rows)
         with self._lock:
             self._guardrails = (catalog.version, loaded)
         return loaded
@@ -210,8 +503,7 @@ class Runtime:
         text = catalog.experiences[key].eligibility
         if not text:
             return None
-        with self._lock:
-            predicate = self._predicates.get(key)
+        predicate = self._predicates.get(key)
         if predicate is None:
             from rules.language import compile_predicate, parse_rule
 
@@ -220,35 +512,136 @@ class Runtime:
                 self._predicates[key] = predicate
         return predicate
 
-    def stats(
-        self, session: Session, catalog: Catalog, now: dt.datetime | None = None
-    ) -> StatsSnapshot:
+    def candidates(
+        self, catalog: Catalog, channel: str | None
+    ) -> list[tuple[str, Predicate | None]]:
+        """Active experiences offered on ``channel`` (all channels: None), in key order, with their
+        eligibility rules still to be applied to the customer."""
+        found = self._candidates.get(channel)
+        if found is not None and self._catalog is catalog:
+            return found
+        found = [
+            (key, self.eligibility(catalog, key))
+            for key, info in catalog.experiences.items()
+            if info.active and not (channel and info.channels and channel not in info.channels)
+        ]
         with self._lock:
-            cached, dirty = self._stats, self._stats_dirty
-        fresh = (
-            cached is not None
-            and not dirty
-            and cached.catalog_version == catalog.version
-            and time.monotonic() - cached.loaded_at < self.settings.stats_refresh_seconds
-        )
-        if fresh:
+            if self._catalog is catalog:
+                self._candidates[channel] = found
+        return found
+
+    def segment_path(self, catalog: Catalog, attributes: Mapping[str, Any]) -> list[str]:
+        """The customer's nodes from the root down the segment tree (memoised: customers share a
+        few hundred paths)."""
+        values = tuple(attributes.get(name) for name in catalog.segmentation)
+        found = self._paths.get(values)
+        if found is None:
+            found = segment_path(catalog.specs, catalog.segmentation, attributes)
+            with self._lock:
+                if self._catalog is catalog:
+                    if len(self._paths) >= MEMO_SIZE:
+                        self._paths = {}
+                    self._paths[values] = found
+        return found
+
+    @property
+    def snapshot(self) -> StatsSnapshot | None:
+        """The statistics snapshot decisions use now (None before the first decision)."""
+        return self._stats
+
+    # Statistics --------------------------------------------------------------------------------
+
+    def stats(
+        self,
+        catalog: Catalog | Session,
+        *rest: Catalog,
+        now: dt.datetime | None = None,
+    ) -> StatsSnapshot:
+        """The statistics snapshot for ``catalog``.
+
+        ``stats(session, catalog)`` is accepted too (callers that hold a session); the snapshot
+        is read on the runtime's own connections either way, from committed data.
+
+        Fresh enough: returned as is. Stale (older than ``stats_refresh_seconds``, or this worker
+        wrote since and half the interval has passed): this thread reloads it, unless
+        another one is doing so already, in which case this one keeps the snapshot it has. Made
+        for another catalog, or none yet: this thread waits for the reload.
+        """
+        if isinstance(catalog, Session):
+            (catalog,) = rest
+        cached = self._stats
+        usable = cached is not None and cached.catalog_version == catalog.version
+        if usable and not self._stale(cached):
             assert cached is not None
             return cached
-        table = load_cell_table(session, catalog=catalog, now=now or utcnow())
+        if usable and not self._refresh_lock.acquire(blocking=False):
+            assert cached is not None
+            return cached
+        if not usable:
+            self._refresh_lock.acquire()
+        try:
+            cached = self._stats
+            if (
+                cached is not None
+                and cached.catalog_version == catalog.version
+                and not self._stale(cached)
+            ):
+                return cached
+            if (
+                cached is not None
+                and cached.catalog_version == catalog.version
+                and not self._stats_dirty
+                and time.monotonic() - cached.read_at < KEEP_UNCHANGED_SECONDS
+            ):
+                fingerprint = self._fingerprint()
+                if fingerprint == cached.fingerprint:
+                    kept = replace(cached, loaded_at=time.monotonic())
+                    self._stats = kept
+                    return kept
+            return self._reload(catalog, now)
+        finally:
+            self._refresh_lock.release()
+
+    def _fingerprint(self) -> tuple[int, float]:
+        with read_connection(self.engine) as connection:
+            n, total = connection.execute(_FINGERPRINT).one()
+        return int(n), float(total)
+
+    def _stale(self, snapshot: StatsSnapshot | None) -> bool:
+        if snapshot is None:
+            return True
+        age = time.monotonic() - snapshot.loaded_at
+        interval = self.settings.stats_refresh_seconds
+        return age >= interval or (self._stats_dirty and age >= interval / 2)
+
+    def _reload(self, catalog: Catalog, now: dt.datetime | None) -> StatsSnapshot:
+        self._stats_dirty = False  # writes from here on are not in this load: they mark it again
+        # Before the read: a change that lands in between makes the next check reload again.
+        fingerprint = self._fingerprint()
+        # A single read: on SQLite it must not wait for the write lock, which a caller might hold.
+        with read_connection(self.engine) as connection, Session(bind=connection) as session:
+            table = load_cell_table(session, catalog=catalog, now=now or utcnow())
         labels = catalog.scale.labels if catalog.scale else ()
+        codes = _codes(table, labels)
+        by_experience = aggregate_by_experience(table, labels, codes)
         snapshot = StatsSnapshot(
             table=table,
-            by_experience=aggregate_by_experience(table, labels),
-            tree=fit_snapshot_tree(table, catalog),
+            by_experience=by_experience,
+            tree=fit_snapshot_tree(table, catalog, codes),
             catalog_version=catalog.version,
             loaded_at=time.monotonic(),
+            draws=CellDraws(
+                self.settings.posterior_draws,
+                self.rng,
+                previous=self._stats.draws if self._stats is not None else None,
+            ),
+            learned=learned_values(by_experience),
+            fingerprint=fingerprint,
+            read_at=time.monotonic(),
         )
-        with self._lock:
-            self._stats = snapshot
-            self._stats_dirty = False
+        self._stats = snapshot
         return snapshot
 
     def wrote_stats(self) -> None:
         """This worker changed the statistics: the next read reloads them."""
-        with self._lock:
-            self._stats_dirty = True
+        self._stats_dirty = True

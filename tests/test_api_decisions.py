@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import select
 
-from engine.models import Decision, Outcome
+from engine.models import Customer, Decision, Outcome
 from engine.runtime import Runtime
 from tests.test_api_triples import assert_stats_equal_replay, count
 
@@ -247,3 +247,44 @@ def test_decisions_follow_the_segment_and_explain_why(
         assert chosen["exposure_bucket"] == 0
         assert chosen["n"] > 50
         assert why["outcome_distribution"]["retained"] > 0.9
+
+
+def test_decision_creates_and_updates_the_customer(
+    client: TestClient, keys: Headers, business: Any, runtime: Runtime
+) -> None:
+    created = decide(client, keys, customer_id="c-new", attributes={"plan": "basic"})
+    assert created.status_code == 201, created.text
+    with runtime.session() as session:
+        row = session.get(Customer, "c-new")
+        assert row is not None and row.attributes == {"plan": "basic"}
+        first_update = row.updated_at
+    merged = decide(client, keys, customer_id="c-new", attributes={"tenure_months": 7})
+    assert merged.status_code == 201
+    with runtime.session() as session:
+        row = session.get(Customer, "c-new")
+        assert row is not None and row.attributes == {"plan": "basic", "tenure_months": 7.0}
+        assert row.updated_at > first_update
+        stored = session.get(Decision, merged.json()["decision_id"])
+        assert stored is not None and stored.attributes == row.attributes
+    by_id = client.post("/v1/decisions", json={"customer_id": "c-new"}, headers=keys["agent"])
+    assert by_id.status_code == 201
+    assert count(runtime, Decision) == 3
+
+
+def test_logged_propensity_is_the_probability_of_the_choice(
+    client: TestClient, keys: Headers, business: Any, runtime: Runtime
+) -> None:
+    # Within one statistics snapshot the same customer meets the same posterior draws, so every
+    # decision has the same propensities: the choices must follow them.
+    runtime.settings.stats_refresh_seconds = 3600.0
+    runtime.settings.min_exploration = 0.3
+    n = 600
+    choices: dict[str, int] = {}
+    propensity: dict[str, float] = {}
+    for _ in range(n):
+        body = decide(client, keys).json()
+        choices[body["experience"]] = choices.get(body["experience"], 0) + 1
+        propensity[body["experience"]] = body["propensity"]
+    for experience, chosen in choices.items():
+        p = propensity[experience]
+        assert abs(chosen / n - p) < 4 * (p * (1 - p) / n) ** 0.5 + 1e-9, (experience, chosen, p)

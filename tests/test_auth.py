@@ -111,3 +111,33 @@ def test_bad_key_role(client: TestClient, keys: dict[str, dict[str, Any]]) -> No
     response = client.post("/v1/keys", json={"name": "x", "role": "god"}, headers=keys["admin"])
     assert response.status_code == 422
     assert response.json()["error"]["field"] == "role"
+
+
+def test_a_worker_trusts_a_checked_key_for_auth_cache_seconds(
+    client: TestClient, keys: dict[str, dict[str, str]], runtime: Runtime, settings: Settings
+) -> None:
+    runtime.keys.ttl_seconds = 60.0
+    created = client.post("/v1/keys", json={"name": "crm", "role": "agent"}, headers=keys["admin"])
+    secret = {"Authorization": f"Bearer {created.json()['key']}"}
+    assert client.get("/v1/experiences", headers=secret).status_code == 200
+    # Revoked through another worker: this one keeps the key until its entry expires.
+    other = Runtime(settings, engine=runtime.engine)
+    with TestClient(create_app(runtime=other)) as other_client:
+        revoked = other_client.post(
+            f"/v1/keys/{created.json()['id']}:revoke", headers=keys["admin"]
+        )
+        assert revoked.status_code == 200
+        assert other_client.get("/v1/experiences", headers=secret).status_code == 401
+    assert client.get("/v1/experiences", headers=secret).status_code == 200
+    runtime.keys.ttl_seconds = 0.0
+    runtime.keys.clear()
+    assert client.get("/v1/experiences", headers=secret).status_code == 401
+
+
+def test_unknown_keys_are_not_remembered(
+    client: TestClient, keys: dict[str, dict[str, str]], runtime: Runtime
+) -> None:
+    wrong = {"Authorization": "Bearer nb_testagt_not-the-secret"}
+    for _ in range(3):
+        assert client.get("/v1/experiences", headers=wrong).status_code == 401
+    assert runtime.keys.get("nb_testagt_not-the-secret") is None

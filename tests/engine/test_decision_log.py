@@ -1,0 +1,133 @@
+"""Group commit of decisions: every decision stored before its caller returns, concurrent ones in
+shared transactions, a bad one failing alone."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from engine.decision_log import DecisionLog, DecisionWrite
+from engine.models import Customer, Decision, Experience, utcnow
+from engine.runtime import Runtime
+from tests.test_api_triples import count
+
+
+@pytest.fixture
+def log(runtime: Runtime) -> DecisionLog:
+    with runtime.session() as session:
+        session.add(Experience(key="no_offer", name="No offer", channels=[]))
+        session.add(Customer(id="c-1", attributes={}))
+        session.commit()
+    return DecisionLog(runtime.engine)
+
+
+def decision(experience: str = "no_offer", customer: str = "c-1") -> dict[str, Any]:
+    return {
+        "id": str(uuid.uuid4()),
+        "customer_id": customer,
+        "created_at": utcnow(),
+        "channel": None,
+        "agent_id": None,
+        "attributes": {},
+        "segment": "",
+        "candidates": [],
+        "experience_key": experience,
+        "propensity": 1.0,
+        "source": "exploit",
+        "rule_id": None,
+        "ruleset_version": None,
+        "experiment_key": None,
+        "arm": None,
+        "overrides": {},
+    }
+
+
+def run_together(log: DecisionLog, writes: list[DecisionWrite]) -> list[BaseException | None]:
+    """Log ``writes`` from one thread each while the first transaction is held open until all
+    the others have queued, so that they must share the second one."""
+    insert = log._insert
+    gate = threading.Event()
+
+    def slow_first(batch: Any) -> None:
+        if not gate.is_set():
+            while len(log._queue) < len(writes) - 1:
+                time.sleep(0.001)
+            gate.set()
+        insert(batch)
+
+    log._insert = slow_first  # type: ignore[method-assign]
+    errors: list[BaseException | None] = [None] * len(writes)
+
+    def one(i: int) -> None:
+        try:
+            log.log(writes[i])
+        except BaseException as error:
+            errors[i] = error
+
+    first = threading.Thread(target=one, args=(0,))
+    first.start()
+    while not log._writing:
+        time.sleep(0.001)
+    others = [threading.Thread(target=one, args=(i,)) for i in range(1, len(writes))]
+    for thread in others:
+        thread.start()
+    for thread in [first, *others]:
+        thread.join(timeout=30)
+    return errors
+
+
+def test_one_caller_commits_alone(log: DecisionLog, runtime: Runtime) -> None:
+    log.log(DecisionWrite(decision()))
+    assert (log.transactions, log.decisions) == (1, 1)
+    assert count(runtime, Decision) == 1
+
+
+def test_concurrent_decisions_share_a_transaction(log: DecisionLog, runtime: Runtime) -> None:
+    errors = run_together(log, [DecisionWrite(decision()) for _ in range(12)])
+    assert errors == [None] * 12
+    assert count(runtime, Decision) == 12
+    assert (log.transactions, log.decisions) == (2, 12)
+
+
+def test_a_bad_decision_fails_alone(log: DecisionLog, runtime: Runtime) -> None:
+    writes = [DecisionWrite(decision()) for _ in range(6)]
+    writes[3] = DecisionWrite(decision(experience="yacht"))
+    errors = run_together(log, writes)
+    assert isinstance(errors[3], IntegrityError)
+    assert [e for i, e in enumerate(errors) if i != 3] == [None] * 5
+    assert count(runtime, Decision) == 5
+
+
+def test_customer_rows_are_inserted_or_updated_first(log: DecisionLog, runtime: Runtime) -> None:
+    now = utcnow()
+    new = {"id": "c-2", "name": None, "attributes": {"plan": "basic"}}
+    log.log(
+        DecisionWrite(
+            decision(customer="c-2"), customer={**new, "created_at": now, "updated_at": now}
+        )
+    )
+    changed = {**new, "attributes": {"plan": "plus"}, "created_at": now, "updated_at": utcnow()}
+    log.log(DecisionWrite(decision(customer="c-2"), customer=changed))
+    with runtime.session() as session:
+        row = session.get(Customer, "c-2")
+        assert row is not None
+        assert row.attributes == {"plan": "plus"} and row.updated_at == changed["updated_at"]
+    assert count(runtime, Decision) == 2
+
+
+def test_a_busy_database_fails_the_batch_without_retrying_each_row(log: DecisionLog) -> None:
+    calls: list[int] = []
+
+    def busy(batch: Any) -> None:
+        calls.append(len(batch))
+        raise OperationalError("INSERT", {}, Exception("database is locked"))
+
+    log._insert = busy  # type: ignore[method-assign]
+    errors = run_together(log, [DecisionWrite(decision()) for _ in range(4)])
+    assert all(isinstance(e, OperationalError) for e in errors)
+    assert calls == [1, 3]
