@@ -33,7 +33,7 @@ from sqlmodel import Session, col, select
 from engine.attributes import BOOLEAN_TEXT, AttributeSpec
 from engine.catalog import Catalog, load_catalog
 from engine.customers import clean_attributes
-from engine.db import dialect_insert
+from engine.db import dialect_insert, keyset_pages
 from engine.errors import InvalidInput
 from engine.models import Customer, ImportRun, Outcome, utcnow
 from engine.triples import (
@@ -511,18 +511,8 @@ def export_events(*, engine: Engine, out: TextIO, chunk: int = 5000) -> int:
         names = sorted(catalog.specs)
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow([*EVENT_COLUMNS, *names])
-        last_id, written = 0, 0
-        while True:
-            rows = list(
-                session.exec(
-                    select(Outcome)
-                    .where(col(Outcome.id) > last_id)
-                    .order_by(col(Outcome.id))
-                    .limit(chunk)
-                )
-            )
-            if not rows:
-                return written
+        written = 0
+        for rows in keyset_pages(session, Outcome, "id", chunk):
             for row in rows:
                 occurred = (
                     row.occurred_at
@@ -542,8 +532,7 @@ def export_events(*, engine: Engine, out: TextIO, chunk: int = 5000) -> int:
                     ]
                 )
             written += len(rows)
-            last_id = rows[-1].id or last_id
-            session.expunge_all()
+    return written
 
 
 def _cell(value: Any) -> str:

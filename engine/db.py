@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -21,7 +21,7 @@ from sqlalchemy import Connection, Engine, Insert, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.pool import StaticPool
-from sqlmodel import Session
+from sqlmodel import Session, SQLModel, col, select
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 log = logging.getLogger("nextbest.db")
@@ -177,6 +177,27 @@ def add_exposures(
         for cid, exp, count in connection.exec_driver_sql(sql, flat).fetchall():
             after[(cid, exp)] = count
     return after
+
+
+Row = TypeVar("Row", bound=SQLModel)
+
+
+def keyset_pages(session: Session, model: type[Row], key: str, chunk: int) -> Iterator[list[Row]]:
+    """Every row of ``model`` in ``key`` order, ``chunk`` at a time, in constant memory: each page
+    starts after the last key of the one before (keyset paging), and a page is expunged from the
+    session once the caller asks for the next one."""
+    column = col(getattr(model, key))
+    last: Any = None
+    while True:
+        statement = select(model).order_by(column).limit(chunk)
+        if last is not None:
+            statement = statement.where(column > last)
+        rows = list(session.exec(statement))
+        if not rows:
+            return
+        yield rows
+        last = getattr(rows[-1], key)
+        session.expunge_all()
 
 
 def is_sqlite(engine: Engine) -> bool:

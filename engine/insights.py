@@ -23,11 +23,12 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Table
 from sqlalchemy import select as sa_select
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from engine import posterior
 from engine.attributes import segment_path
 from engine.catalog import Catalog
+from engine.db import keyset_pages
 from engine.decisions import eligible_experiences, posterior_inputs
 from engine.errors import Conflict
 from engine.hierarchy import node_paths
@@ -316,22 +317,8 @@ def _exposures(session: Session, ids: Sequence[str]) -> dict[str, dict[str, int]
 
 
 def customer_chunks(session: Session, *, chunk: int = SCORE_CHUNK) -> Iterator[list[Customer]]:
-    """Every customer in id order, ``chunk`` at a time (keyset paging: constant memory)."""
-    last = ""
-    while True:
-        rows = list(
-            session.exec(
-                select(Customer)
-                .where(col(Customer.id) > last)
-                .order_by(col(Customer.id))
-                .limit(chunk)
-            )
-        )
-        if not rows:
-            return
-        yield rows
-        last = rows[-1].id
-        session.expunge_all()
+    """Every customer in id order, ``chunk`` at a time (constant memory)."""
+    return keyset_pages(session, Customer, "id", chunk)
 
 
 def iter_scores(

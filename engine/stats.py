@@ -23,7 +23,7 @@ from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from engine.catalog import Catalog
-from engine.db import dialect_insert, execute_many
+from engine.db import dialect_insert, execute_many, keyset_pages
 from engine.models import CellStat, Outcome
 
 EXPOSURE_BUCKETS = 3
@@ -126,18 +126,7 @@ def replay(
 ) -> dict[CellKey, list[float]]:
     """Recompute every cell from the stored log, streamed in id order in constant memory."""
     total: dict[CellKey, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0, 0.0])
-    last_id = 0
-    while True:
-        batch = list(
-            session.exec(
-                select(Outcome)
-                .where(col(Outcome.id) > last_id)
-                .order_by(col(Outcome.id))
-                .limit(chunk)
-            )
-        )
-        if not batch:
-            return dict(total)
+    for batch in keyset_pages(session, Outcome, "id", chunk):
         part = increments(
             facts_from_outcomes(catalog, batch),
             epoch=catalog.epoch,
@@ -147,8 +136,7 @@ def replay(
             cell = total[key]
             for i, v in enumerate(values):
                 cell[i] += v
-        last_id = batch[-1].id or last_id
-        session.expunge_all()
+    return dict(total)
 
 
 def stored_cells(session: Session) -> dict[CellKey, list[float]]:
