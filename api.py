@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine import (
+    audit,
     auth,
     catalog,
     customers,
@@ -48,6 +49,8 @@ from engine.schemas import (
     ApiKeyPublic,
     AttributeSpecsIn,
     AttributeSpecsPublic,
+    AuditEventPublic,
+    AuditEventsPublic,
     BatchPublic,
     CustomerIn,
     CustomerPublic,
@@ -781,6 +784,8 @@ def _install_routes(app: FastAPI) -> None:
         _mark_replay(response, created=created)
         return outcome
 
+    _install_audit_routes(app)
+
     # Keys
     @app.get("/v1/keys", tags=["admin"])
     def list_keys(session: SessionDep, _: Admin) -> list[ApiKeyPublic]:
@@ -801,6 +806,41 @@ def _install_routes(app: FastAPI) -> None:
         row = auth.revoke_key(session=session, key_id=key_id, actor=who.actor)
         runtime.keys.clear()
         return ApiKeyPublic.model_validate(row, from_attributes=True)
+
+
+# Audit -----------------------------------------------------------------------------------------
+
+
+def _install_audit_routes(app: FastAPI) -> None:
+    @app.get("/v1/audit", tags=["admin"])
+    def list_audit(
+        session: SessionDep,
+        _: Admin,
+        entity: Annotated[str | None, Query(max_length=64, description="e.g. experience")] = None,
+        entity_id: Annotated[str | None, Query(max_length=200)] = None,
+        actor: Annotated[str | None, Query(max_length=200, description="role:name")] = None,
+        action: Annotated[str | None, Query(max_length=64, description="e.g. update")] = None,
+        since: Annotated[dt.datetime | None, Query(description="At or after (UTC)")] = None,
+        until: Annotated[dt.datetime | None, Query(description="Before (UTC)")] = None,
+        cursor: Annotated[str | None, Query(max_length=20)] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    ) -> AuditEventsPublic:
+        """The append-only trail of changes, newest first (admins only)."""
+        rows, next_cursor = audit.list_events(
+            session=session,
+            limit=limit,
+            cursor=cursor,
+            entity=entity,
+            entity_id=entity_id,
+            actor=actor,
+            action=action,
+            since=since,
+            until=until,
+        )
+        return AuditEventsPublic(
+            data=[AuditEventPublic.model_validate(r, from_attributes=True) for r in rows],
+            next_cursor=next_cursor,
+        )
 
 
 def _mark_replay(response: Response, *, created: bool) -> None:

@@ -74,14 +74,16 @@ def backup(*, url: str, target: Path, force: bool = False) -> BackupReport:
         raise Conflict(f"{target} exists; pass --force to overwrite it", field="path")
     partial = target.with_name(f".{target.name}.partial")
     partial.unlink(missing_ok=True)
-    with contextlib.closing(sqlite3.connect(source, timeout=30)) as src:
-        with contextlib.closing(sqlite3.connect(partial)) as dst:
-            # pages=-1: one step, one read transaction; a stepwise copy restarts whenever the
-            # service writes, and could starve on a busy database.
-            src.backup(dst, pages=-1)
-            report = _inspect(dst, partial)
-            # A backup file is read on its own: fold the WAL in so it is one self-contained file.
-            dst.execute("PRAGMA journal_mode=DELETE")
+    with (
+        contextlib.closing(sqlite3.connect(source, timeout=30)) as src,
+        contextlib.closing(sqlite3.connect(partial)) as dst,
+    ):
+        # pages=-1: one step, one read transaction; a stepwise copy restarts whenever the
+        # service writes, and could starve on a busy database.
+        src.backup(dst, pages=-1)
+        report = _inspect(dst, partial)
+        # A backup file is read on its own: fold the WAL in so it is one self-contained file.
+        dst.execute("PRAGMA journal_mode=DELETE")
     if report.integrity != "ok":
         partial.unlink(missing_ok=True)
         raise Conflict(f"the copy failed its integrity check: {report.integrity}", field="path")
@@ -99,7 +101,8 @@ def restore(*, url: str, source: Path, force: bool = False) -> BackupReport:
         try:
             checked = _inspect(src, source)
         except sqlite3.DatabaseError as error:
-            raise InvalidInput(f"{source} is not a readable database: {error}", field="path") from None
+            message = f"{source} is not a readable database: {error}"
+            raise InvalidInput(message, field="path") from None
         if checked.integrity != "ok":
             raise InvalidInput(
                 f"{source} fails its integrity check: {checked.integrity}", field="path"

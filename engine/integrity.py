@@ -79,7 +79,9 @@ def lock_statistics(session: Session) -> None:
     session.exec(statement).first()
 
 
-def verify(*, session: Session, repair: bool = False, now: dt.datetime | None = None) -> VerifyReport:
+def verify(
+    *, session: Session, repair: bool = False, now: dt.datetime | None = None
+) -> VerifyReport:
     """Compare every stored cell with a replay of the log; with ``repair``, rebuild the cells.
 
     The caller commits (a repair) or rolls back. Cells are compared with a relative tolerance of

@@ -435,6 +435,25 @@ class ApiKeyCreated(ApiKeyPublic):
     key: str = Field(description="Shown once; only its hash is stored")
 
 
+# Audit -----------------------------------------------------------------------------------------
+
+
+class AuditEventPublic(BaseModel):
+    id: int
+    at: dt.datetime
+    actor: str = Field(description="role:name of the key that made the change (or cli, system)")
+    action: str
+    entity: str
+    entity_id: str
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+
+
+class AuditEventsPublic(BaseModel):
+    data: list[AuditEventPublic]
+    next_cursor: str | None = Field(description="Pass as cursor for the next (older) page")
+
+
 # Insights --------------------------------------------------------------------------------------
 
 

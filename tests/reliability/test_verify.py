@@ -58,9 +58,7 @@ def test_verify_reports_corrupted_cells_with_counts_and_repairs_them(
         cells = sorted(session.exec(select(CellStat)), key=_key)
         doubled, deleted = cells[0], cells[1]
         session.expunge_all()
-        session.execute(
-            update(CellStat).where(*_match(doubled)).values(weight=doubled.weight * 2)
-        )
+        session.execute(update(CellStat).where(*_match(doubled)).values(weight=doubled.weight * 2))
         session.execute(delete(CellStat).where(*_match(deleted)))
         session.commit()
 
