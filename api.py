@@ -42,6 +42,7 @@ from engine.config import Settings
 from engine.db import migrate
 from engine.errors import NextbestError, TooLarge
 from engine.models import utcnow
+from engine.ratelimit import RateLimiter, retry_after_header
 from engine.runtime import Runtime
 from engine.schemas import (
     ApiKeyCreate,
@@ -127,6 +128,7 @@ class Allow:
         checked = runtime.keys.get(key) or await run_in_threadpool(_check_key, runtime, key)
         if checked is None:
             raise _AuthError(401, "unauthenticated", "the API key is unknown or revoked")
+        _rate_limit(request, checked.id)
         if checked.role != "admin" and checked.role not in self.roles:
             raise _AuthError(
                 403,
@@ -143,8 +145,27 @@ def _check_key(runtime: Runtime, key: str) -> auth.CheckedKey | None:
 
 
 class _AuthError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
         self.status, self.code, self.message = status, code, message
+        self.headers = headers or {}
+
+
+# Rate limit ------------------------------------------------------------------------------------
+
+
+def _rate_limit(request: Request, key_id: int) -> None:
+    """429 with Retry-After once a key has spent its tokens on this worker (engine.ratelimit)."""
+    limiter: RateLimiter = request.app.state.rate_limiter
+    wait = limiter.take(key_id)
+    if wait > 0:
+        raise _AuthError(
+            429,
+            "rate_limited",
+            f"this API key may make {limiter.per_minute} requests a minute; retry in {wait:.1f} s",
+            headers={"Retry-After": retry_after_header(wait)},
+        )
 
 
 ANY_ROLE: tuple[Role, ...] = ("agent", "marketer", "service")
@@ -201,6 +222,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(_AuthError)
     async def auth_error(_: Request, error: _AuthError) -> JSONResponse:
         response = _error(error.status, error.code, error.message)
+        response.headers.update(error.headers)
         if error.status == 401:
             response.headers["WWW-Authenticate"] = "Bearer"
         return response
@@ -319,6 +341,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         lifespan=lifespan,
     )
     app.state.runtime = runtime
+    app.state.rate_limiter = RateLimiter(per_minute=settings.rate_limit_per_minute)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     _install_error_handlers(app)
     _install_routes(app)

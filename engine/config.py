@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     max_batch_rows: int = Field(
         default=10_000, ge=1, description="Largest POST /v1/events:batch accepted (413 above)"
     )
+    rate_limit_per_minute: int = Field(
+        default=0,
+        ge=0,
+        description="Requests a minute each API key may make on each worker, with a burst of as "
+        "many (429 with Retry-After above; 0: no limit)",
+    )
     seed: int | None = Field(
         default=None, description="Seed of the decision sampler (reproducible runs and tests)"
     )
