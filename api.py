@@ -239,6 +239,11 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http(_: Request, error: StarletteHTTPException) -> JSONResponse:
+        if error.status_code == 413:
+            return _error(413, "too_large", str(error.detail), "body")
+        if error.status_code == 400 and isinstance(error.__cause__, RecursionError):
+            # FastAPI's JSON parsing of a body nested deeper than Python's recursion limit.
+            return _error(422, "invalid", "the JSON body is nested too deeply", "body")
         code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "error")
         return _error(error.status_code, code, str(error.detail))
 
@@ -284,7 +289,9 @@ class BodyLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
-                raise TooLarge(self._too_large()["error"]["message"], field="body")
+                # An HTTPException passes through FastAPI's body parsing (any other error there
+                # becomes a 400); the handler below answers it as too_large on the body.
+                raise StarletteHTTPException(413, self._too_large()["error"]["message"])
             return message
 
         await self.app(scope, limited, send)
