@@ -20,6 +20,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session
@@ -60,6 +61,7 @@ from engine.schemas import (
     DecayPublic,
     DecisionIn,
     DecisionPublic,
+    ErrorBody,
     EvaluateIn,
     EventIn,
     EventPublic,
@@ -202,6 +204,10 @@ def get_session(runtime: RuntimeDep) -> Iterator[Session]:
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
+MAX_ROW_ID = 2**31 - 1
+"""Integer ids are 32-bit columns on PostgreSQL: a larger one is a 422, not a driver error."""
+RowId = Annotated[int, Path(ge=1, le=MAX_ROW_ID)]
+
 
 # Errors and limits -----------------------------------------------------------------------------
 
@@ -241,9 +247,15 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def http(_: Request, error: StarletteHTTPException) -> JSONResponse:
         if error.status_code == 413:
             return _error(413, "too_large", str(error.detail), "body")
-        if error.status_code == 400 and isinstance(error.__cause__, RecursionError):
-            # FastAPI's JSON parsing of a body nested deeper than Python's recursion limit.
-            return _error(422, "invalid", "the JSON body is nested too deeply", "body")
+        if error.status_code == 400 and error.__cause__ is not None:
+            # FastAPI could not parse the body (bytes that are not UTF-8, JSON nested deeper than
+            # Python's recursion limit): a bad body like any other, named as such.
+            problem = (
+                "is nested too deeply"
+                if isinstance(error.__cause__, RecursionError)
+                else f"cannot be read as JSON ({type(error.__cause__).__name__})"
+            )
+            return _error(422, "invalid", f"the request body {problem}", "body")
         code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "error")
         return _error(error.status_code, code, str(error.detail))
 
@@ -321,6 +333,23 @@ async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
+# Every route may answer these; declared once so that the OpenAPI states them (and FastAPI's own
+# 422 model, which is not the shape we send, is not declared).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in {
+        401: "No Authorization: Bearer <key>, or the key is unknown or revoked",
+        403: "The key's role may not call this route",
+        404: "Unknown customer, decision, experience, key, rule set or route",
+        409: "Conflict: exists already, recorded already, or a concurrent change (retry)",
+        413: "Body over max_body_bytes, or a batch over max_batch_rows",
+        422: "The request fails validation; field names the input at fault",
+        429: "The key's rate limit is spent; see Retry-After",
+        503: "The database is busy or unreachable; retry shortly",
+    }.items()
+}
+
+
 # App -------------------------------------------------------------------------------------------
 
 
@@ -346,6 +375,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         version="1",
         summary="Rules-and-experiments decision engine for customer retention",
         lifespan=lifespan,
+        responses=ERROR_RESPONSES,
     )
     app.state.runtime = runtime
     app.state.rate_limiter = RateLimiter(per_minute=settings.rate_limit_per_minute)
@@ -527,7 +557,7 @@ def _install_routes(app: FastAPI) -> None:
         session: SessionDep,
         _: AnyRole,
         limit: Annotated[int, Query(ge=1, le=200)] = 50,
-        before: Annotated[int | None, Query(ge=1)] = None,
+        before: Annotated[int | None, Query(ge=1, le=MAX_ROW_ID)] = None,
     ) -> RulesetsPublic:
         rows = versions.list_versions(session=session, limit=limit + 1, before=before)
         more = len(rows) > limit
@@ -538,16 +568,14 @@ def _install_routes(app: FastAPI) -> None:
         )
 
     @app.get("/v1/rulesets/{version}", tags=["rules"])
-    def get_ruleset(
-        version: Annotated[int, Path(ge=1)], session: SessionDep, _: AnyRole
-    ) -> RulesetPublic:
+    def get_ruleset(version: RowId, session: SessionDep, _: AnyRole) -> RulesetPublic:
         row = versions.get_version(session=session, version=version)
         return RulesetPublic.model_validate(row, from_attributes=True)
 
     @app.get("/v1/rulesets/{a}/diff/{b}", tags=["rules"])
     def diff_rulesets(
-        a: Annotated[int, Path(ge=1)],
-        b: Annotated[int, Path(ge=1)],
+        a: RowId,
+        b: RowId,
         session: SessionDep,
         _: AnyRole,
     ) -> RulesetDiff:
@@ -559,15 +587,13 @@ def _install_routes(app: FastAPI) -> None:
         )
 
     @app.post("/v1/rulesets/{version}:activate", tags=["rules"])
-    def activate_ruleset(
-        version: Annotated[int, Path(ge=1)], session: SessionDep, who: Marketer
-    ) -> RulesetPublic:
+    def activate_ruleset(version: RowId, session: SessionDep, who: Marketer) -> RulesetPublic:
         row = versions.activate(session=session, version=version, actor=who.actor)
         return RulesetPublic.model_validate(row, from_attributes=True)
 
     @app.post("/v1/rulesets/{version}:evaluate", tags=["rules"])
     def evaluate_ruleset(
-        version: Annotated[int, Path(ge=1)],
+        version: RowId,
         session: SessionDep,
         runtime: RuntimeDep,
         _: Marketer,
@@ -606,15 +632,13 @@ def _install_routes(app: FastAPI) -> None:
         )
 
     @app.get("/v1/guardrails/{guardrail_id}", tags=["rules"])
-    def get_guardrail(
-        guardrail_id: Annotated[int, Path(ge=1)], session: SessionDep, _: AnyRole
-    ) -> GuardrailPublic:
+    def get_guardrail(guardrail_id: RowId, session: SessionDep, _: AnyRole) -> GuardrailPublic:
         row = guardrails.get_guardrail(session=session, guardrail_id=guardrail_id)
         return GuardrailPublic.model_validate(guardrails.public(row))
 
     @app.post("/v1/guardrails/{guardrail_id}:deactivate", tags=["rules"])
     def deactivate_guardrail(
-        guardrail_id: Annotated[int, Path(ge=1)], session: SessionDep, who: Marketer
+        guardrail_id: RowId, session: SessionDep, who: Marketer
     ) -> GuardrailPublic:
         row = guardrails.deactivate_guardrail(
             session=session, guardrail_id=guardrail_id, actor=who.actor
@@ -660,7 +684,7 @@ def _install_routes(app: FastAPI) -> None:
             ),
         ] = None,
         days: Annotated[float, Query(gt=0, le=3650)] = 90.0,
-        where: Annotated[str | None, Query(max_length=2000)] = None,
+        where: Annotated[str | None, Query(min_length=1, max_length=2000)] = None,
         clip: Annotated[float | None, Query(ge=1, le=1e6)] = None,
     ) -> PolicyValue:
         return _policy_value(
@@ -719,7 +743,11 @@ def _install_routes(app: FastAPI) -> None:
         row = customers.get_customer(session=session, customer_id=customer_id)
         return CustomerPublic.model_validate(row, from_attributes=True)
 
-    @app.put("/v1/customers/{customer_id}", tags=["customers"])
+    @app.put(
+        "/v1/customers/{customer_id}",
+        tags=["customers"],
+        responses={201: {"model": CustomerPublic, "description": "Created"}},
+    )
     def put_customer(
         customer_id: Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[^\s/]+$")],
         body: CustomerIn,
@@ -738,7 +766,7 @@ def _install_routes(app: FastAPI) -> None:
         return CustomerPublic.model_validate(row, from_attributes=True)
 
     # Triples
-    @app.post("/v1/events", status_code=201, tags=["triples"])
+    @app.post("/v1/events", status_code=201, tags=["triples"], responses=_replayed(EventPublic))
     def post_event(
         body: EventIn, session: SessionDep, runtime: RuntimeDep, _: Service, response: Response
     ) -> EventPublic:
@@ -775,7 +803,12 @@ def _install_routes(app: FastAPI) -> None:
         # commit of its log entry); the service manages its own connections.
         return await run_in_threadpool(decisions.decide, runtime=runtime, decision_in=body)
 
-    @app.post("/v1/decisions/{decision_id}/override", status_code=201, tags=["decisions"])
+    @app.post(
+        "/v1/decisions/{decision_id}/override",
+        status_code=201,
+        tags=["decisions"],
+        responses=_replayed(OverridePublic),
+    )
     def override_decision(
         decision_id: str,
         body: OverrideIn,
@@ -794,7 +827,12 @@ def _install_routes(app: FastAPI) -> None:
         _mark_replay(response, created=created)
         return row
 
-    @app.post("/v1/decisions/{decision_id}/reaction", status_code=201, tags=["decisions"])
+    @app.post(
+        "/v1/decisions/{decision_id}/reaction",
+        status_code=201,
+        tags=["decisions"],
+        responses=_replayed(ReactionPublic),
+    )
     def record_reaction(
         decision_id: str, body: ReactionIn, session: SessionDep, _: Decider, response: Response
     ) -> ReactionPublic:
@@ -804,7 +842,9 @@ def _install_routes(app: FastAPI) -> None:
         _mark_replay(response, created=created)
         return row
 
-    @app.post("/v1/outcomes", status_code=201, tags=["decisions"])
+    @app.post(
+        "/v1/outcomes", status_code=201, tags=["decisions"], responses=_replayed(OutcomePublic)
+    )
     def post_outcome(
         body: OutcomeIn, session: SessionDep, runtime: RuntimeDep, _: Decider, response: Response
     ) -> OutcomePublic:
@@ -831,7 +871,7 @@ def _install_routes(app: FastAPI) -> None:
 
     @app.post("/v1/keys/{key_id}:revoke", tags=["admin"])
     def revoke_key(
-        key_id: int, session: SessionDep, runtime: RuntimeDep, who: Admin
+        key_id: RowId, session: SessionDep, runtime: RuntimeDep, who: Admin
     ) -> ApiKeyPublic:
         row = auth.revoke_key(session=session, key_id=key_id, actor=who.actor)
         runtime.keys.clear()
@@ -871,6 +911,11 @@ def _install_audit_routes(app: FastAPI) -> None:
             data=[AuditEventPublic.model_validate(r, from_attributes=True) for r in rows],
             next_cursor=next_cursor,
         )
+
+
+def _replayed(model: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    """The 200 of a route that answers a same-body repeat with the first answer."""
+    return {200: {"model": model, "description": "A repeat: the first answer, replayed"}}
 
 
 def _mark_replay(response: Response, *, created: bool) -> None:

@@ -30,6 +30,25 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# Errors ---------------------------------------------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable: invalid, not_found, conflict, forbidden, ...")
+    message: str = Field(description="What is wrong, for a person")
+    field: str | None = Field(description="The input at fault, e.g. events.1.result")
+    valid: list[Any] | None = Field(default=None, description="The accepted values, if few")
+    details: list[dict[str, Any]] | None = Field(
+        default=None, description="Every problem: per field, or per row of a batch"
+    )
+
+
+class ErrorBody(BaseModel):
+    """The one shape of every error answer."""
+
+    error: ErrorDetail
+
+
 # Outcome scale --------------------------------------------------------------------------------
 
 
