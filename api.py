@@ -22,7 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -263,6 +263,19 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def integrity(_: Request, error: IntegrityError) -> JSONResponse:
         log.warning("integrity error: %s", error.orig)
         return _error(409, "conflict", "the request conflicts with a concurrent change; retry it")
+
+    @app.exception_handler(DataError)
+    async def data(request: Request, error: DataError) -> JSONResponse:
+        # A value the database cannot store that validation let through (a NUL in a path or
+        # query parameter, say): bad input, not a server fault.
+        log.warning("value refused by the database: %s", str(error.orig).splitlines()[0])
+        field = None
+        if "\x00" in request.url.path:
+            field = "path"
+        elif "%00" in request.url.query:
+            field = "query"
+        problem = "text cannot contain NUL characters" if "NUL" in str(error.orig) else "invalid"
+        return _error(422, "invalid", f"a value cannot be stored: {problem}", field)
 
     @app.exception_handler(OperationalError)
     async def operational(_: Request, error: OperationalError) -> JSONResponse:
@@ -749,7 +762,7 @@ def _install_routes(app: FastAPI) -> None:
         responses={201: {"model": CustomerPublic, "description": "Created"}},
     )
     def put_customer(
-        customer_id: Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[^\s/]+$")],
+        customer_id: Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[^\s/\x00]+$")],
         body: CustomerIn,
         session: SessionDep,
         runtime: RuntimeDep,

@@ -30,7 +30,7 @@ from tests.engine.test_csvio import write_events
 
 Headers = dict[str, dict[str, str]]
 CLI = [sys.executable, "-c", "import cli; cli.main()"]
-ROWS, BATCH = 40_000, 1000
+ROWS, BATCH = 20_000, 500
 KILLS = 3
 ADMIN = "nb_crashadm_crash-admin-secret"
 
@@ -196,7 +196,7 @@ def test_kill_9_under_decision_load(
         ]
         for thread in threads:
             thread.start()
-        target = (crash + 1) * 100
+        target = (crash + 1) * 60
         deadline = time.monotonic() + 120
         while len(acked["outcomes"]) < target:
             assert time.monotonic() < deadline, acked

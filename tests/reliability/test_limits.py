@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from api import create_app
 from engine.runtime import Runtime
-from tests.conftest import ATTRIBUTES, EXPERIENCES, SCALE
+from tests.conftest import ATTRIBUTES, EXPERIENCES, PG_URL, SCALE
 
 Headers = dict[str, dict[str, str]]
 MAX_BODY = 64 * 1024
@@ -342,6 +342,28 @@ CASES: list[tuple[str, str, str, str, Any, Any, int, str, str]] = [
         "top_k",
         "less than or equal to 50",
     ),
+    (
+        "NUL in text",
+        "POST",
+        "/v1/events",
+        "service",
+        {**EVENT, "attributes": {"plan": "basic\x00"}},
+        None,
+        422,
+        "body",
+        "attributes.plan: text cannot contain NUL",
+    ),
+    (
+        "NUL in a customer id",
+        "PUT",
+        "/v1/customers/c%00",
+        "service",
+        {"attributes": {}},
+        None,
+        422,
+        "customer_id",
+        "should match pattern",
+    ),
     ("page size", "GET", "/v1/customers", "agent", None, {"limit": 501}, 422, "limit", "500"),
     ("audit page size", "GET", "/v1/audit", "admin", None, {"limit": 501}, 422, "limit", "500"),
 ]
@@ -396,3 +418,11 @@ def test_deeply_nested_json_is_a_clear_4xx(limited: TestClient, keys: Headers) -
     )
     assert response.status_code in (413, 422), response.text
     assert response.json()["error"]["field"] is not None
+
+
+def test_a_nul_in_a_path_is_a_4xx_on_every_database(limited: TestClient, keys: Headers) -> None:
+    response = limited.get("/v1/experiences/k%00", headers=keys["agent"])
+    # SQLite stores NUL in text (no such experience: 404); PostgreSQL refuses it (422 on the path).
+    assert response.status_code == (422 if PG_URL else 404), response.text
+    if PG_URL:
+        assert response.json()["error"]["field"] == "path"
