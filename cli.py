@@ -606,15 +606,10 @@ def verify(
         raise typer.Exit(code=1)
 
 
-@app.command()
-def backup(
-    path: Annotated[Path, typer.Argument(dir_okay=False, help="The backup file to write")],
-    db: DbOption = None,
-    force: Annotated[bool, typer.Option(help="Overwrite an existing backup file")] = False,
-) -> None:
-    """Back up a SQLite database while the service runs (PostgreSQL: prints how with pg_dump)."""
+def _sqlite_file_operation(db: str | None, operation: Callable[[str], Any]) -> Any:
+    """Run ``operation(url)`` on a SQLite database; on PostgreSQL print how its own tools do it
+    (exit 2), and turn a refusal into an error message (exit 1)."""
     from engine.backup import POSTGRES_HELP, sqlite_path
-    from engine.backup import backup as backup_database
     from engine.errors import NextbestError
 
     url = _settings(db).database_url
@@ -622,9 +617,23 @@ def backup(
         typer.echo(POSTGRES_HELP)
         raise typer.Exit(code=2)
     try:
-        report = backup_database(url=url, target=path, force=force)
+        return operation(url)
     except NextbestError as error:
         raise _fail(error.message) from None
+
+
+@app.command()
+def backup(
+    path: Annotated[Path, typer.Argument(dir_okay=False, help="The backup file to write")],
+    db: DbOption = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing backup file")] = False,
+) -> None:
+    """Back up a SQLite database while the service runs (PostgreSQL: prints how with pg_dump)."""
+    from engine.backup import backup as backup_database
+
+    report = _sqlite_file_operation(
+        db, lambda url: backup_database(url=url, target=path, force=force)
+    )
     typer.echo(
         f"backed up to {report.path}: {report.bytes} bytes, {report.tables} tables, "
         f"{report.results} results, integrity {report.integrity}"
@@ -639,18 +648,11 @@ def restore(
 ) -> None:
     """Restore a SQLite backup (stop the service first; PostgreSQL: prints how with
     pg_restore)."""
-    from engine.backup import POSTGRES_HELP, sqlite_path
     from engine.backup import restore as restore_database
-    from engine.errors import NextbestError
 
-    url = _settings(db).database_url
-    if sqlite_path(url) is None:
-        typer.echo(POSTGRES_HELP)
-        raise typer.Exit(code=2)
-    try:
-        report = restore_database(url=url, source=path, force=force)
-    except NextbestError as error:
-        raise _fail(error.message) from None
+    report = _sqlite_file_operation(
+        db, lambda url: restore_database(url=url, source=path, force=force)
+    )
     typer.echo(
         f"restored {report.path} from {path}: {report.tables} tables, {report.results} results, "
         f"integrity {report.integrity}"
