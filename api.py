@@ -395,7 +395,87 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     _install_error_handlers(app)
     _install_routes(app)
+    _install_openapi_links(app)
     return app
+
+
+# OpenAPI links --------------------------------------------------------------------------------
+
+OPENAPI_LINKS: tuple[tuple[str, str, str, str, str, dict[str, str]], ...] = (
+    # (from path, method, status, to path, method, {parameter: runtime expression})
+    *(
+        ("/v1/decisions", "post", "201", to, "post", {"decision_id": "$response.body#/decision_id"})
+        for to in ("/v1/decisions/{decision_id}/override", "/v1/decisions/{decision_id}/reaction")
+    ),
+    *(
+        ("/v1/rulesets:compile", "post", "201", to, method, {"version": "$response.body#/version"})
+        for to, method in (
+            ("/v1/rulesets/{version}", "get"),
+            ("/v1/rulesets/{version}:activate", "post"),
+            ("/v1/rulesets/{version}:evaluate", "post"),
+        )
+    ),
+    *(
+        ("/v1/guardrails", "post", "201", to, method, {"guardrail_id": "$response.body#/id"})
+        for to, method in (
+            ("/v1/guardrails/{guardrail_id}", "get"),
+            ("/v1/guardrails/{guardrail_id}:deactivate", "post"),
+        )
+    ),
+    *(
+        ("/v1/experiences", "post", "201", to, method, {"key": "$response.body#/key"})
+        for to, method in (
+            ("/v1/experiences/{key}", "get"),
+            ("/v1/experiences/{key}", "patch"),
+            ("/v1/experiences/{key}:deactivate", "post"),
+        )
+    ),
+    (
+        "/v1/keys",
+        "post",
+        "201",
+        "/v1/keys/{key_id}:revoke",
+        "post",
+        {"key_id": "$response.body#/id"},
+    ),
+    *(
+        (
+            "/v1/customers/{customer_id}",
+            "put",
+            status,
+            "/v1/customers/{customer_id}",
+            "get",
+            {"customer_id": "$response.body#/id"},
+        )
+        for status in ("200", "201")
+    ),
+)
+"""What one answer lets a client call next, documented in the OpenAPI (and usable by tools that
+follow links, such as schemathesis's stateful mode)."""
+
+
+def _install_openapi_links(app: FastAPI) -> None:
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        paths = schema["paths"]
+        for source, method, status, target, target_method, parameters in OPENAPI_LINKS:
+            if source not in paths or target not in paths:
+                continue
+            response = paths[source][method]["responses"].setdefault(status, {})
+            operation_id = paths[target][target_method]["operationId"]
+            link: dict[str, Any] = {"operationId": operation_id}
+            if parameters:
+                link["parameters"] = parameters
+            else:  # the id goes in the body of the next call
+                link["requestBody"] = {"decision_id": "$response.body#/decision_id"}
+            response.setdefault("links", {})[operation_id] = link
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def app_from_env() -> FastAPI:
