@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
 from engine.schemas import Key, Label, Strict
 
@@ -63,8 +63,8 @@ class _Definition(Strict):
     name: str = Field(min_length=1, max_length=200)
     hypothesis: str = Field(default="", max_length=2000)
     eligibility: str | None = Field(default=None, min_length=1, max_length=2000)
-    arms: list[ArmIn] = Field(min_length=2, max_length=MAX_ARMS)
     allocation: Allocation = "fixed"
+    arms: list[ArmIn] = Field(min_length=2, max_length=MAX_ARMS)
     holdout_share: float = Field(default=0.0, ge=0, le=0.5)
     min_share: float = Field(default=0.05, ge=0, le=0.5)
     burn_in: int = Field(default=100, ge=0, le=10**7, description="Results per arm")
@@ -79,30 +79,45 @@ class _Definition(Strict):
         description="Its customers' results train the main policy only once it is concluded",
     )
 
-    @model_validator(mode="after")
-    def _consistent(self) -> _Definition:
-        keys = [arm.experience for arm in self.arms]
+    # Field validators (not one model validator) so that each error names its field; fields
+    # are declared in the order these checks read them (info.data holds the earlier ones).
+    @field_validator("arms")
+    @classmethod
+    def _arms(cls, arms: list[ArmIn], info: ValidationInfo) -> list[ArmIn]:
+        keys = [arm.experience for arm in arms]
         repeated = sorted({k for k in keys if keys.count(k) > 1})
         if repeated:
-            raise ValueError(f"arms: each experience once; repeated: {', '.join(repeated)}")
-        weighted = [arm.weight is not None for arm in self.arms]
-        if self.allocation == "adaptive" and any(weighted):
-            raise ValueError(
-                "arms: weights are for fixed allocation; adaptive allocation sets them"
-            )
-        if self.allocation == "fixed" and any(weighted) and not all(weighted):
-            raise ValueError("arms: give every arm a weight, or none for an equal split")
-        if self.allocation == "adaptive" and self.min_share * len(self.arms) > 1:
-            raise ValueError(
-                f"min_share: {self.min_share} x {len(self.arms)} arms is more than everything"
-            )
-        for name in ("start_at", "end_at"):
-            value = getattr(self, name)
-            if value is not None and value.tzinfo is None:
-                raise ValueError(f"{name}: give a time zone (for example 2026-12-01T00:00:00Z)")
-        if self.start_at and self.end_at and self.end_at <= self.start_at:
-            raise ValueError("end_at: must be after start_at")
-        return self
+            raise ValueError(f"each experience once; repeated: {', '.join(repeated)}")
+        weighted = [arm.weight is not None for arm in arms]
+        allocation = info.data.get("allocation", "fixed")
+        if allocation == "adaptive" and any(weighted):
+            raise ValueError("weights are for fixed allocation; adaptive allocation sets them")
+        if allocation == "fixed" and any(weighted) and not all(weighted):
+            raise ValueError("give every arm a weight, or none for an equal split")
+        return arms
+
+    @field_validator("min_share")
+    @classmethod
+    def _min_share(cls, min_share: float, info: ValidationInfo) -> float:
+        arms = info.data.get("arms") or []
+        if info.data.get("allocation") == "adaptive" and min_share * len(arms) > 1:
+            raise ValueError(f"{min_share} x {len(arms)} arms is more than all the traffic")
+        return min_share
+
+    @field_validator("start_at", "end_at")
+    @classmethod
+    def _aware(cls, value: dt.datetime | None) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("give a time zone, for example 2026-12-01T00:00:00Z")
+        return value
+
+    @field_validator("end_at")
+    @classmethod
+    def _after_start(cls, end_at: dt.datetime | None, info: ValidationInfo) -> dt.datetime | None:
+        start_at = info.data.get("start_at")
+        if end_at is not None and start_at is not None and end_at <= start_at:
+            raise ValueError("must be after start_at")
+        return end_at
 
 
 class ExperimentIn(_Definition):

@@ -12,6 +12,7 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
@@ -121,7 +122,15 @@ def update_experiment(
     given = experiment_update.model_dump(mode="python", exclude_unset=True)
     merged = {**before, **given}
     # The merged definition must be valid as a whole (weights against allocation, dates).
-    checked = ExperimentIn.model_validate({"key": key, **_public_fields(merged)})
+    try:
+        checked = ExperimentIn.model_validate({"key": key, **_public_fields(merged)})
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "body"
+        raise InvalidInput(
+            f"{field}: {first['msg'].removeprefix('Value error, ')} (with this change)",
+            field=field,
+        ) from None
     fields = checked.model_dump(mode="python")
     catalog = load_catalog(session)
     _check(catalog, fields)

@@ -97,3 +97,134 @@ def test_lifecycle_assignment_and_report(
     print(changes, data["stopping"])
     edit = client.patch("/v1/experiments/winter-discount", json={"name": "x"}, headers=marketer)
     assert edit.status_code == 409
+
+
+def arms(*keys: str) -> list[dict[str, Any]]:
+    return [{"experience": k} for k in keys]
+
+
+BAD_DEFINITIONS = [
+    ({"key": ""}, "key"),
+    ({"key": "9lives"}, "key"),
+    ({"key": "x" * 65}, "key"),
+    ({"name": ""}, "name"),
+    ({"hypothesis": "h" * 2001}, "hypothesis"),
+    ({"arms": arms("no_offer")}, "arms"),
+    ({"arms": arms(*["no_offer"] * 11)}, "arms"),
+    ({"arms": arms("no_offer", "no_offer")}, "arms"),
+    ({"arms": arms("no_offer", "mystery")}, "arms.1.experience"),
+    ({"arms": [{"experience": "no_offer", "weight": 1}, {"experience": "discount_10"}]}, "arms"),
+    ({"arms": [{"experience": "no_offer", "weight": -1}, {"experience": "x"}]}, "arms.0.weight"),
+    ({"arms": [{"experience": "no_offer", "share": 1}, {"experience": "x"}]}, "arms.0.share"),
+    ({"allocation": "random"}, "allocation"),
+    ({"allocation": "adaptive"}, "arms"),  # weights given with adaptive allocation
+    ({"arms": arms("discount_10", "callback_senior"), "holdout_share": 0.1}, "holdout_share"),
+    ({"holdout_share": 0.9}, "holdout_share"),
+    ({"min_share": -0.1}, "min_share"),
+    (
+        {
+            "allocation": "adaptive",
+            "arms": arms("no_offer", "discount_10", "callback_senior"),
+            "min_share": 0.4,
+        },
+        "min_share",
+    ),
+    ({"burn_in": -1}, "burn_in"),
+    ({"update_minutes": 0}, "update_minutes"),
+    ({"priority": 5000}, "priority"),
+    ({"start_at": "2027-01-02T00:00:00Z", "end_at": "2027-01-01T00:00:00Z"}, "end_at"),
+    ({"end_at": "2020-01-01T00:00:00Z"}, "end_at"),
+    ({"end_at": "2027-01-01T00:00:00"}, "end_at"),  # no time zone
+    ({"stopping": {"p_best": 0.4}}, "stopping.p_best"),
+    ({"stopping": {"expected_loss": -1}}, "stopping.expected_loss"),
+    ({"stopping": {"max_sample": 0}}, "stopping.max_sample"),
+    ({"stopping": {"on_stop": "explode"}}, "stopping.on_stop"),
+    ({"guardrail": {"level": "lost"}}, "guardrail.level"),
+    (
+        {
+            "guardrail": {"level": "churned"},
+            "arms": arms("discount_10", "callback_senior"),
+            "holdout_share": 0,
+        },
+        "guardrail",
+    ),
+    ({"guardrail": {"level": "churned", "probability": 1.5}}, "guardrail.probability"),
+    ({"eligibility": 'plan == "gold"'}, "eligibility"),
+    ({"eligibility": "plan =="}, "eligibility"),
+    ({"eligibility": "shoe_size > 3"}, "eligibility"),
+    ({"colour": "blue"}, "colour"),
+]
+
+
+@pytest.mark.parametrize(("change", "field"), BAD_DEFINITIONS)
+def test_bad_definitions_are_rejected_with_the_field(
+    client: TestClient, keys: Headers, business: Any, change: dict[str, Any], field: str
+) -> None:
+    body = {**DEFINITION, **change}
+    response = client.post("/v1/experiments", json=body, headers=keys["marketer"])
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["field"] == field, error
+    assert error["message"]
+    assert client.get("/v1/experiments", headers=keys["marketer"]).json()["data"] == []
+
+
+def test_inactive_arm_duplicate_key_and_roles(
+    client: TestClient, keys: Headers, business: Any
+) -> None:
+    marketer = keys["marketer"]
+    client.post("/v1/experiences/callback_senior:deactivate", headers=marketer)
+    response = client.post("/v1/experiments", json=DEFINITION, headers=marketer)
+    assert response.status_code == 422
+    assert response.json()["error"]["field"] == "arms.2.experience"
+    client.post("/v1/experiences/callback_senior:activate", headers=marketer)
+    assert client.post("/v1/experiments", json=DEFINITION, headers=keys["agent"]).status_code == 403
+    assert client.post("/v1/experiments", json=DEFINITION, headers=marketer).status_code == 201
+    again = client.post("/v1/experiments", json=DEFINITION, headers=marketer)
+    assert again.status_code == 409 and again.json()["error"]["field"] == "key"
+
+
+def test_only_drafts_change_and_transitions_follow_the_lifecycle(
+    client: TestClient, keys: Headers, business: Any
+) -> None:
+    marketer = keys["marketer"]
+    url = "/v1/experiments/winter-discount"
+    client.post("/v1/experiments", json=DEFINITION, headers=marketer)
+    edited = client.patch(url, json={"name": "Renamed", "holdout_share": 0.2}, headers=marketer)
+    assert edited.status_code == 200 and edited.json()["name"] == "Renamed"
+    bad_edit = client.patch(url, json={"allocation": "adaptive"}, headers=marketer)
+    assert bad_edit.status_code == 422  # the merged definition is checked as a whole
+    assert client.post(f"{url}:pause", headers=marketer).status_code == 409
+    assert client.post(f"{url}:start", headers=marketer).json()["status"] == "running"
+    before = client.get(url, headers=marketer).json()
+    for change in ({"name": "x"}, {"arms": arms("no_offer", "discount_10")}, {"burn_in": 1}):
+        response = client.patch(url, json=change, headers=marketer)
+        assert response.status_code == 409, response.text
+        assert response.json()["error"]["field"] == "status"
+    assert client.get(url, headers=marketer).json() == before
+    assert client.post(f"{url}:start", headers=marketer).status_code == 409
+    assert (
+        client.post(f"{url}:pause", json={"reason": "holiday"}, headers=marketer).status_code == 200
+    )
+    assert client.post(f"{url}:start", headers=marketer).status_code == 200
+    assert client.post(f"{url}:stop", headers=marketer).json()["status"] == "stopped"
+    assert client.post(f"{url}:start", headers=marketer).status_code == 409
+    no_note = client.post(f"{url}:conclude", json={"decision": "none"}, headers=marketer)
+    assert no_note.status_code == 422 and no_note.json()["error"]["field"] == "note"
+    not_an_arm = client.post(
+        f"{url}:conclude",
+        json={"decision": "winner", "winner": "loyalty", "note": "n"},
+        headers=marketer,
+    )
+    assert not_an_arm.status_code == 422 and not_an_arm.json()["error"]["field"] == "winner"
+    done = client.post(
+        f"{url}:conclude", json={"decision": "none", "note": "inconclusive"}, headers=marketer
+    )
+    assert done.status_code == 200
+    history = [h["status"] for h in done.json()["history"]]
+    assert history == ["draft", "running", "paused", "running", "stopped", "concluded"]
+    assert done.json()["conclusion"]["by"] == "marketer:test-marketer"
+    audit = client.get("/v1/audit", params={"entity": "experiment"}, headers=keys["admin"])
+    if audit.status_code == 200:  # the audit endpoint lists what was done
+        actions = [e["action"] for e in audit.json()["data"]]
+        assert {"create", "update", "start", "pause", "stop", "conclude"} <= set(actions)
