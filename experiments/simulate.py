@@ -76,7 +76,9 @@ def run_experiment(
         name="simulated",
         arms=[
             {"experience": a, "weight": None if weights is None else float(w)}
-            for a, w in zip(arms, weights if weights is not None else [None] * len(arms), strict=True)
+            for a, w in zip(
+                arms, weights if weights is not None else [None] * len(arms), strict=True
+            )
         ],
         allocation=allocation,
         control=control,
@@ -111,7 +113,10 @@ def run_experiment(
         evidence = _evidence(arms, levels, chosen, results, net, allocations, start)
         verdict = judge(row, evidence, start, rng)
         if verdict.harmful:
-            row.arm_status = {**row.arm_status, **{a: {"reason": "guardrail"} for a in verdict.harmful}}
+            row.arm_status = {
+                **row.arm_status,
+                **{a: {"reason": "guardrail"} for a in verdict.harmful},
+            }
             row.weights = initial_weights(row)
         if stop and verdict.stop_reason is not None:
             break
