@@ -75,10 +75,8 @@ def run_experiment(
         key=key,
         name="simulated",
         arms=[
-            {"experience": a, "weight": None if weights is None else float(w)}
-            for a, w in zip(
-                arms, weights if weights is not None else [None] * len(arms), strict=True
-            )
+            {"experience": a, "weight": None if weights is None else float(weights[i])}
+            for i, a in enumerate(arms)
         ],
         allocation=allocation,
         control=control,
