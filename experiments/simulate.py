@@ -74,6 +74,7 @@ def run_experiment(
     row = Experiment(
         key=key,
         name="simulated",
+        created_by="simulation",
         arms=[
             {"experience": a, "weight": None if weights is None else float(weights[i])}
             for i, a in enumerate(arms)
