@@ -24,8 +24,8 @@ from scipy import stats as sps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments import stats  # noqa: E402
-from experiments.simulate import run_experiment  # noqa: E402
+from experiments import stats
+from experiments.simulate import run_experiment
 
 ARMS = ["no_offer", "discount", "callback"]
 PROBS = np.array([[0.32, 0.58, 0.10], [0.20, 0.68, 0.12], [0.27, 0.62, 0.11]])
