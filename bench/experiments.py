@@ -100,7 +100,9 @@ def main() -> None:
         json.dumps(
             {
                 "seeds": args.seeds,
-                "true_net_values": dict(zip(ARMS, (PROBS * NET).sum(1).round(2).tolist())),
+                "true_net_values": dict(
+                    zip(ARMS, (PROBS * NET).sum(1).round(2).tolist(), strict=True)
+                ),
                 "stopping": {"p_best": 0.95, "expected_loss": 1.0, "burn_in": 100},
                 "adaptive": summary(runs["adaptive"]),
                 "fixed_equal_split": summary(runs["fixed"]),
