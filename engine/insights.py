@@ -461,17 +461,13 @@ def _ranked_scores(
 ) -> list[CustomerScore] | None:
     """Every customer's score, ranked, kept with the snapshot while no customer changed (None:
     the base is too large to keep)."""
-    table: Table = Customer.__table__  # type: ignore[attr-defined]
-    n, last_update = (
-        session.connection().execute(sa_select(func.count(), func.max(table.c.updated_at))).one()
-    )
-    if n > WORKLIST_CACHE_CUSTOMERS:
+    fingerprint = customers_fingerprint(session)
+    if fingerprint[0] > WORKLIST_CACHE_CUSTOMERS:
         return None
     catalog.require_scale()
     control_key(catalog)
     snapshot = runtime.stats(session, catalog)
     slot: dict[str, Any] = snapshot.memo(("worklist", catalog.version), dict)
-    fingerprint = (n, str(last_update))
     found = slot.get("ranked")
     if found is not None and found[0] == fingerprint:
         ranked: list[CustomerScore] = found[1]
@@ -480,6 +476,16 @@ def _ranked_scores(
     ranked = sorted(scores, key=_rank)
     slot["ranked"] = (fingerprint, ranked)
     return ranked
+
+
+def customers_fingerprint(session: Session) -> tuple[int, str]:
+    """(number of customers, latest update): changes whenever a customer is added or changed,
+    so that what is kept per snapshot about customers is dropped with their change."""
+    table: Table = Customer.__table__  # type: ignore[attr-defined]
+    n, last_update = (
+        session.connection().execute(sa_select(func.count(), func.max(table.c.updated_at))).one()
+    )
+    return int(n), str(last_update)
 
 
 def where_predicate(catalog: Catalog, where: str | None) -> Any:
@@ -493,6 +499,7 @@ def where_predicate(catalog: Catalog, where: str | None) -> Any:
 __all__ = [
     "CustomerScore",
     "customer_chunks",
+    "customers_fingerprint",
     "iter_scores",
     "score_customers",
     "segment_insights",
