@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     max_batch_rows: int = Field(
         default=10_000, ge=1, description="Largest POST /v1/events:batch accepted (413 above)"
     )
+    session_secret: str | None = Field(
+        default=None,
+        description="Key that signs the consoles' session cookies; when unset each process "
+        "generates one at start (sessions then end with the process, and `nextbest serve` "
+        "shares one generated secret among its workers)",
+    )
     seed: int | None = Field(
         default=None, description="Seed of the decision sampler (reproducible runs and tests)"
     )

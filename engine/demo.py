@@ -56,8 +56,14 @@ def seed_demo(
     n_triples: int = 50_000,
     seed: int = 1,
     progress: Progress | None = None,
+    decisions: int | None = None,
+    agent_decisions: int | None = None,
 ) -> bool:
-    """Load the demo business unless experiences exist already. Returns True when it seeded."""
+    """Load the demo business unless experiences exist already. Returns True when it seeded.
+
+    ``decisions`` and ``agent_decisions`` (default DEMO_DECISIONS and AGENT_DECISIONS) size the
+    logged decisions; tests ask for fewer.
+    """
     with Session(engine, expire_on_commit=False) as session:
         if session.exec(select(Experience)).first() is not None:
             _ensure_keys(session)
@@ -117,8 +123,10 @@ def seed_demo(
     load_triples(engine, triples, progress)
     if triples:
         _compile_rules(engine)
-        _serve_decisions(engine, world, people, np.random.default_rng(seed), DEMO_DECISIONS)
-        _agent_activity(engine, world, people, np.random.default_rng(seed + 1), AGENT_DECISIONS)
+        n = DEMO_DECISIONS if decisions is None else decisions
+        _serve_decisions(engine, world, people, np.random.default_rng(seed), n)
+        n = AGENT_DECISIONS if agent_decisions is None else agent_decisions
+        _agent_activity(engine, world, people, np.random.default_rng(seed + 1), n)
     return True
 
 
