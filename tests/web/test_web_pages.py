@@ -294,7 +294,7 @@ def test_decide_override_and_record_the_result(web: TestClient, runtime: Runtime
                 "plan → tenure_months → complaints_90d",
                 "Guardrails",
             ],
-        ),  # fmt: skip
+        ),
         ("/marketer/rules", ["Compile a new version", "Version 1", "active"]),
         ("/marketer/rules/1", ["Rule set version 1", "<ol>", "value loss", "Rules"]),
         ("/marketer/segments", ["Segment tree", "Everyone", "plan basic", "P(best)", "90% CI"]),
@@ -303,7 +303,7 @@ def test_decide_override_and_record_the_result(web: TestClient, runtime: Runtime
         (
             "/marketer/value",
             ["Concentration", "of the value comes from the top 20%", "By segment", "plan basic"],
-        ),  # fmt: skip
+        ),
         ("/marketer/no-good-action", ["No good action", "Doing nothing"]),
     ],
 )
