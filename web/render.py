@@ -67,7 +67,10 @@ def capitalize_first(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def markdown(text: str) -> Markup:
+def markdown(text: str, drop_title: bool = True) -> Markup:
+    """Markdown as HTML; the leading "# title" line goes when the page has its own heading."""
+    if drop_title and text.startswith("# "):
+        text = text.partition("\n")[2]
     return Markup(_markdown.render(text))
 
 
