@@ -61,18 +61,39 @@ def segment_insights(
     Net values are those of the node's typical customer: a value or cost based on an attribute
     uses the attribute's mean over the node's customers, a learned level value the mean realised
     value in the node.
+
+    The whole tree is computed once per statistics snapshot, exposure and seed (and customer
+    base, when some value or cost depends on attributes) and kept with the snapshot; a depth
+    limit filters it.
     """
     catalog = runtime.catalog(session)
-    scale = catalog.require_scale()
+    catalog.require_scale()
     snapshot = runtime.stats(session, catalog)
     depth_limit = len(catalog.segmentation) if max_depth is None else max_depth
+    customers = customers_fingerprint(session) if _money_per_customer(catalog) else None
+    key = ("segment_insights", catalog.version, exposure, seed, customers)
+    report: dict[str, Any] = snapshot.memo(
+        key, lambda: _segment_report(session, catalog, snapshot, exposure, seed)
+    )
+    return {**report, "nodes": [n for n in report["nodes"] if n["depth"] <= depth_limit]}
+
+
+def _money_per_customer(catalog: Catalog) -> bool:
+    scale = catalog.require_scale()
+    return scale.per_customer or any(
+        e.cost_attribute is not None for e in catalog.experiences.values()
+    )
+
+
+def _segment_report(
+    session: Session, catalog: Catalog, snapshot: StatsSnapshot, exposure: int, seed: int
+) -> dict[str, Any]:
+    scale = catalog.require_scale()
     money = node_money(session, snapshot, catalog)
     rng = np.random.default_rng(seed)
     nodes: dict[str, list[tuple[str, np.ndarray, np.ndarray]]] = defaultdict(list)
     for (node, key, bucket), counts in snapshot.tree.counts.items():
         if bucket != exposure or key not in catalog.experiences:
-            continue
-        if _depth(node) > depth_limit:
             continue
         alpha = snapshot.tree.alpha[(node, key, bucket)]
         nodes[node].append((key, alpha, counts))
