@@ -9,6 +9,7 @@ decision (engine.decisions.decide, with the agent's name as agent_id), overrides
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import Request, Response
@@ -211,85 +212,85 @@ async def decide(request: Request, customer_id: str, viewer: AgentViewer) -> Res
     )
 
 
-@router.post("/decisions/{decision_id}/override")
-async def override(request: Request, decision_id: str, viewer: AgentViewer) -> Response:
-    form = await posted(request, viewer)
-    customer_id = str(form.get("customer_id") or "")
-    runtime = runtime_of(request)
+async def _answer(
+    request: Request,
+    decision_id: str,
+    customer_id: str,
+    parse: Callable[[], Any],
+    store: Callable[[Session, Any], Any],
+    done: str,
+) -> Response:
+    """Validate an agent's answer to a decision (``parse``), store it in one transaction and go
+    back to the customer's page; a bad answer shows there, next to the decision."""
     try:
-        override_in = OverrideIn(
-            experience=str(form.get("experience") or ""),
-            note=str(form.get("note") or ""),
-            reason_code=str(form.get("reason_code") or "") or None,
-            agent_id=viewer.name,
-        )
-        await in_thread(
-            runtime,
-            lambda s: overrides.override_decision(
-                session=s,
-                catalog=runtime.catalog(s),
-                decision_id=decision_id,
-                override_in=override_in,
-                actor=viewer.actor,
-            ),
-        )
+        answer = parse()
+        await in_thread(runtime_of(request), lambda session: store(session, answer))
     except ValidationError as error:
         field, message = field_error(error)
         return await _customer_error(request, customer_id, f"{field}: {message}", decision_id)
     except NextbestError as error:
         return await _customer_error(request, customer_id, error.message, decision_id)
+    focus = f"?decision={decision_id}" if done != "result" else ""
     return redirect(
-        f"/agent/customers/{url_id(customer_id)}?decision={decision_id}",
-        done="overridden",
-        anchor=f"d-{decision_id}",
+        f"/agent/customers/{url_id(customer_id)}{focus}", done=done, anchor=f"d-{decision_id}"
+    )
+
+
+@router.post("/decisions/{decision_id}/override")
+async def override(request: Request, decision_id: str, viewer: AgentViewer) -> Response:
+    form = await posted(request, viewer)
+    runtime = runtime_of(request)
+    return await _answer(
+        request,
+        decision_id,
+        str(form.get("customer_id") or ""),
+        lambda: OverrideIn(
+            experience=str(form.get("experience") or ""),
+            note=str(form.get("note") or ""),
+            reason_code=str(form.get("reason_code") or "") or None,
+            agent_id=viewer.name,
+        ),
+        lambda session, override_in: overrides.override_decision(
+            session=session,
+            catalog=runtime.catalog(session),
+            decision_id=decision_id,
+            override_in=override_in,
+            actor=viewer.actor,
+        ),
+        "overridden",
     )
 
 
 @router.post("/decisions/{decision_id}/reaction")
 async def reaction(request: Request, decision_id: str, viewer: AgentViewer) -> Response:
     form = await posted(request, viewer)
-    customer_id = str(form.get("customer_id") or "")
-    runtime = runtime_of(request)
-    try:
-        reaction_in = ReactionIn.model_validate({"reaction": form.get("reaction")})
-        await in_thread(
-            runtime,
-            lambda s: overrides.record_reaction(
-                session=s, decision_id=decision_id, reaction_in=reaction_in
-            ),
-        )
-    except ValidationError as error:
-        return await _customer_error(request, customer_id, field_error(error)[1], decision_id)
-    except NextbestError as error:
-        return await _customer_error(request, customer_id, error.message, decision_id)
-    return redirect(
-        f"/agent/customers/{url_id(customer_id)}?decision={decision_id}",
-        done="reaction",
-        anchor=f"d-{decision_id}",
+    return await _answer(
+        request,
+        decision_id,
+        str(form.get("customer_id") or ""),
+        lambda: ReactionIn.model_validate({"reaction": form.get("reaction")}),
+        lambda session, reaction_in: overrides.record_reaction(
+            session=session, decision_id=decision_id, reaction_in=reaction_in
+        ),
+        "reaction",
     )
 
 
 @router.post("/decisions/{decision_id}/outcome")
 async def outcome(request: Request, decision_id: str, viewer: AgentViewer) -> Response:
     form = await posted(request, viewer)
-    customer_id = str(form.get("customer_id") or "")
     runtime = runtime_of(request)
-    try:
-        outcome_in = OutcomeIn(
+    return await _answer(
+        request,
+        decision_id,
+        str(form.get("customer_id") or ""),
+        lambda: OutcomeIn(
             decision_id=decision_id,
             result=str(form.get("result") or ""),
-            value=str(form.get("value")) if form.get("value") else None,
             idempotency_key=f"console-{decision_id}",
-        )
-        await in_thread(
-            runtime,
-            lambda s: decisions.record_outcome(session=s, runtime=runtime, outcome_in=outcome_in),
-        )
-    except ValidationError as error:
-        field, message = field_error(error)
-        return await _customer_error(request, customer_id, f"{field}: {message}", decision_id)
-    except NextbestError as error:
-        return await _customer_error(request, customer_id, error.message, decision_id)
-    return redirect(
-        f"/agent/customers/{url_id(customer_id)}", done="result", anchor=f"d-{decision_id}"
+        ),
+        lambda session, outcome_in: decisions.record_outcome(
+            session=session, runtime=runtime, outcome_in=outcome_in
+        ),
+        "result",
     )

@@ -7,18 +7,16 @@ from __future__ import annotations
 
 import os
 import re
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, make_url, text
 
 from engine.demo import DEMO_KEYS
+from tests.conftest import scratch_database
 from web.live import live_server, seed_demo_database
 
 CHROMIUM = os.environ.get("NEXTBEST_CHROMIUM", "/usr/bin/chromium")
-PG_URL = os.environ.get("NEXTBEST_TEST_DATABASE_URL")
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 if not Path(CHROMIUM).exists():
@@ -31,20 +29,8 @@ expect = playwright_api.expect
 @pytest.fixture(scope="module")
 def web_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A database of the browser tests' own, so that the server's data outlives other tests."""
-    if not PG_URL:
-        yield f"sqlite:///{tmp_path_factory.mktemp('web') / 'web.db'}"
-        return
-    server = make_url(PG_URL)
-    name = f"nextbest_web_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield server.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_database(tmp_path_factory.mktemp("web"), "nextbest_web") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
