@@ -7,6 +7,7 @@ lands; the navigation keeps a place for them.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import Request, Response
@@ -96,11 +97,33 @@ async def _catalog_error(request: Request, message: str, form: str) -> Response:
     )
 
 
+async def _catalog_change(
+    request: Request,
+    parse: Callable[[], Any],
+    store: Callable[[Session, Any], Any],
+    form: str,
+    done: str,
+) -> Response:
+    """Validate a catalog form (``parse``), store it in one transaction and go back to the
+    catalog; a bad form shows there, next to the form it came from."""
+    try:
+        body = parse()
+        await in_thread(runtime_of(request), lambda session: store(session, body))
+    except ValidationError as error:
+        field, message = field_error(error)
+        return await _catalog_error(request, f"{field}: {message}", form)
+    except NextbestError as error:
+        return await _catalog_error(request, error.message, form)
+    anchor = "segmentation" if form == "segmentation" else "experiences"
+    return redirect("/marketer/catalog", done=done, anchor=anchor)
+
+
 @router.post("/experiences")
 async def create_experience(request: Request, viewer: MarketerViewer) -> Response:
     form = await posted(request, viewer)
-    try:
-        body = ExperienceCreate(
+    return await _catalog_change(
+        request,
+        lambda: ExperienceCreate(
             key=str(form.get("key") or "").strip(),
             name=str(form.get("name") or "").strip(),
             description=str(form.get("description") or ""),
@@ -109,62 +132,46 @@ async def create_experience(request: Request, viewer: MarketerViewer) -> Respons
             is_control=form.get("is_control") == "on",
             eligibility=str(form.get("eligibility") or "").strip() or None,
             channels=[c.strip() for c in str(form.get("channels") or "").split(",") if c.strip()],
-        )
-        await in_thread(
-            runtime_of(request),
-            lambda s: catalog_service.create_experience(
-                session=s, experience_in=body, actor=viewer.actor
-            ),
-        )
-    except ValidationError as error:
-        field, message = field_error(error)
-        return await _catalog_error(request, f"{field}: {message}", "experience")
-    except NextbestError as error:
-        return await _catalog_error(request, error.message, "experience")
-    return redirect("/marketer/catalog", done="experience_created", anchor="experiences")
+        ),
+        lambda session, body: catalog_service.create_experience(
+            session=session, experience_in=body, actor=viewer.actor
+        ),
+        "experience",
+        "experience_created",
+    )
 
 
 @router.post("/experiences/{key}/active")
 async def set_experience_active(request: Request, key: str, viewer: MarketerViewer) -> Response:
     form = await posted(request, viewer)
-    active = form.get("active") == "true"
-    try:
-        await in_thread(
-            runtime_of(request),
-            lambda s: catalog_service.update_experience(
-                session=s,
-                key=key,
-                experience_update=ExperienceUpdate(active=active),
-                actor=viewer.actor,
-            ),
-        )
-    except NextbestError as error:
-        return await _catalog_error(request, error.message, "experience")
-    return redirect("/marketer/catalog", done="experience_changed", anchor="experiences")
+    return await _catalog_change(
+        request,
+        lambda: ExperienceUpdate(active=form.get("active") == "true"),
+        lambda session, body: catalog_service.update_experience(
+            session=session, key=key, experience_update=body, actor=viewer.actor
+        ),
+        "experience",
+        "experience_changed",
+    )
 
 
 @router.post("/segmentation")
 async def set_segmentation(request: Request, viewer: MarketerViewer) -> Response:
     form = await posted(request, viewer)
-    text = str(form.get("attributes") or "")
-    try:
-        body = (
+    names = [a.strip() for a in str(form.get("attributes") or "").split(",") if a.strip()]
+    return await _catalog_change(
+        request,
+        lambda: (
             SegmentationIn(auto=True)
             if form.get("auto") == "on"
-            else SegmentationIn(attributes=[a.strip() for a in text.split(",") if a.strip()])
-        )
-        await in_thread(
-            runtime_of(request),
-            lambda s: catalog_service.put_segmentation(
-                session=s, segmentation_in=body, actor=viewer.actor
-            ),
-        )
-    except ValidationError as error:
-        field, message = field_error(error)
-        return await _catalog_error(request, f"{field}: {message}", "segmentation")
-    except NextbestError as error:
-        return await _catalog_error(request, error.message, "segmentation")
-    return redirect("/marketer/catalog", done="segmentation_changed", anchor="segmentation")
+            else SegmentationIn(attributes=names)
+        ),
+        lambda session, body: catalog_service.put_segmentation(
+            session=session, segmentation_in=body, actor=viewer.actor
+        ),
+        "segmentation",
+        "segmentation_changed",
+    )
 
 
 # Rule sets -------------------------------------------------------------------------------------
