@@ -15,7 +15,7 @@ import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -95,6 +95,20 @@ from engine.schemas import (
     WorklistPublic,
 )
 from engine.settle import maintain
+from experiments import plots
+from experiments import service as experiment_service
+from experiments.evidence import load_evidence
+from experiments.report import build_report
+from experiments.schemas import (
+    ConcludeIn,
+    ExperimentIn,
+    ExperimentPublic,
+    ExperimentReport,
+    ExperimentsPublic,
+    ExperimentStatus,
+    ExperimentUpdate,
+    StatusChangeIn,
+)
 from rules import guardrails, versions
 from rules.compiler import Settings as CompileSettings
 
@@ -698,6 +712,8 @@ def _install_routes(app: FastAPI) -> None:
         )
         return WorklistPublic.model_validate(page)
 
+    _install_experiment_routes(app)
+
     # Customers
     @app.get("/v1/customers", tags=["customers"])
     def list_customers(
@@ -845,6 +861,123 @@ def _install_routes(app: FastAPI) -> None:
         row = auth.revoke_key(session=session, key_id=key_id, actor=who.actor)
         runtime.keys.clear()
         return ApiKeyPublic.model_validate(row, from_attributes=True)
+
+
+ExperimentKey = Annotated[str, Path(min_length=1, max_length=64)]
+
+
+def _install_experiment_routes(app: FastAPI) -> None:
+    @app.post("/v1/experiments", status_code=201, tags=["experiments"])
+    def create_experiment(
+        body: ExperimentIn, session: SessionDep, who: Marketer
+    ) -> ExperimentPublic:
+        row = experiment_service.create_experiment(
+            session=session, experiment_in=body, actor=who.actor
+        )
+        return ExperimentPublic.model_validate(row, from_attributes=True)
+
+    @app.get("/v1/experiments", tags=["experiments"])
+    def list_experiments(
+        session: SessionDep,
+        _: AnyRole,
+        status: ExperimentStatus | None = None,
+        limit: Annotated[int, Query(ge=1, le=200)] = 50,
+        cursor: Annotated[str | None, Query(max_length=64)] = None,
+    ) -> ExperimentsPublic:
+        rows = experiment_service.list_experiments(
+            session=session, status=status, limit=limit + 1, after=cursor
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return ExperimentsPublic(
+            data=[ExperimentPublic.model_validate(r, from_attributes=True) for r in rows],
+            next_cursor=rows[-1].key if more and rows else None,
+        )
+
+    @app.get("/v1/experiments/{key}", tags=["experiments"])
+    def get_experiment(key: ExperimentKey, session: SessionDep, _: AnyRole) -> ExperimentPublic:
+        row = experiment_service.get_experiment(session=session, key=key)
+        return ExperimentPublic.model_validate(row, from_attributes=True)
+
+    @app.patch("/v1/experiments/{key}", tags=["experiments"])
+    def update_experiment(
+        key: ExperimentKey, body: ExperimentUpdate, session: SessionDep, who: Marketer
+    ) -> ExperimentPublic:
+        row = experiment_service.update_experiment(
+            session=session, key=key, experiment_update=body, actor=who.actor
+        )
+        return ExperimentPublic.model_validate(row, from_attributes=True)
+
+    def _lifecycle(action: str) -> None:
+        @app.post(
+            f"/v1/experiments/{{key}}:{action}",
+            tags=["experiments"],
+            name=f"{action}_experiment",
+            summary=f"{action.capitalize()} an experiment",
+        )
+        def change(
+            key: ExperimentKey,
+            session: SessionDep,
+            runtime: RuntimeDep,
+            who: Marketer,
+            body: StatusChangeIn | None = None,
+        ) -> ExperimentPublic:
+            row = experiment_service.change_status(
+                session=session, key=key, action=action, change=body, actor=who.actor
+            )
+            runtime.experiments_changed()
+            return ExperimentPublic.model_validate(row, from_attributes=True)
+
+    for action in ("start", "pause", "stop"):
+        _lifecycle(action)
+
+    @app.post("/v1/experiments/{key}:conclude", tags=["experiments"])
+    def conclude_experiment(
+        key: ExperimentKey,
+        body: ConcludeIn,
+        session: SessionDep,
+        runtime: RuntimeDep,
+        who: Marketer,
+    ) -> ExperimentPublic:
+        row = experiment_service.conclude(
+            session=session, key=key, conclude_in=body, actor=who.actor
+        )
+        runtime.experiments_changed()
+        if row.released_at is not None:
+            runtime.wrote_stats()
+        return ExperimentPublic.model_validate(row, from_attributes=True)
+
+    @app.get("/v1/experiments/{key}/report", tags=["experiments"])
+    def experiment_report(
+        key: ExperimentKey, session: SessionDep, runtime: RuntimeDep, _: AnyRole
+    ) -> ExperimentReport:
+        row = experiment_service.get_experiment(session=session, key=key)
+        return build_report(session=session, catalog=runtime.catalog(session), row=row)
+
+    @app.get(
+        "/v1/experiments/{key}/plots/{name}.svg",
+        tags=["experiments"],
+        response_class=Response,
+        responses={200: {"content": {"image/svg+xml": {}}, "description": "The plot as SVG"}},
+    )
+    def experiment_plot(
+        key: ExperimentKey,
+        name: Literal["posterior", "allocation", "cumulative"],
+        session: SessionDep,
+        runtime: RuntimeDep,
+        _: AnyRole,
+    ) -> Response:
+        row = experiment_service.get_experiment(session=session, key=key)
+        evidence = load_evidence(session, runtime.catalog(session), row)
+        svg = plots.render(name, evidence, title=f"{row.name}: {PLOT_TITLES[name]}")
+        return Response(svg, media_type="image/svg+xml")
+
+
+PLOT_TITLES = {
+    "posterior": "expected net value per arm",
+    "allocation": "allocation over time",
+    "cumulative": "cumulative realised value",
+}
 
 
 def _mark_replay(response: Response, *, created: bool) -> None:

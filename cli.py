@@ -25,6 +25,8 @@ app.add_typer(keys_app, name="keys")
 rules_app = typer.Typer(no_args_is_help=True, help="Compile, show, diff and activate rule sets.")
 app.add_typer(export_app, name="export")
 app.add_typer(rules_app, name="rules")
+experiments_app = typer.Typer(no_args_is_help=True, help="List, show and report experiments.")
+app.add_typer(experiments_app, name="experiments")
 
 DbOption = Annotated[
     str | None,
@@ -255,6 +257,8 @@ def settle(
     typer.echo(f"settled {upkeep.settled} decisions to the default result")
     if upkeep.rebased:
         typer.echo("re-based the decay epoch to today")
+    for change in upkeep.experiments:
+        typer.echo(f"experiment {change}")
 
 
 SCORE_COLUMNS = (
@@ -373,14 +377,6 @@ def keys_list(db: DbOption = None) -> None:
                     }
                 )
             )
-
-
-def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    main()
 
 
 @contextmanager
@@ -569,3 +565,97 @@ def rules_activate(
         activate(session=session, version=version, actor="cli")
         session.commit()
     typer.echo(f"version {version} is active")
+
+
+@experiments_app.command("list")
+def experiments_list(
+    db: DbOption = None,
+    status: Annotated[str | None, typer.Option(help="Only experiments in this status")] = None,
+) -> None:
+    """One line per experiment: key, status, allocation, arms and name."""
+    from experiments.service import list_experiments
+
+    with _runtime(db) as runtime, runtime.session() as session:
+        rows = list_experiments(session=session, status=status, limit=10_000, after=None)
+    if not rows:
+        typer.echo("no experiments")
+    for row in rows:
+        arms = ", ".join(f"{k} {w:.0%}" for k, w in row.weights.items())
+        typer.echo(f"{row.key:<24} {row.status:<10} {row.allocation:<9} {arms}  {row.name}")
+
+
+@experiments_app.command("show")
+def experiments_show(
+    key: Annotated[str, typer.Argument(help="Experiment key")], db: DbOption = None
+) -> None:
+    """The definition, status history and conclusion as JSON."""
+    from experiments.schemas import ExperimentPublic
+    from experiments.service import get_experiment
+
+    with _runtime(db) as runtime, runtime.session() as session:
+        row = get_experiment(session=session, key=key)
+        typer.echo(
+            ExperimentPublic.model_validate(row, from_attributes=True).model_dump_json(indent=2)
+        )
+
+
+@experiments_app.command("report")
+def experiments_report(
+    key: Annotated[str, typer.Argument(help="Experiment key")],
+    db: DbOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table")] = False,
+    plots: Annotated[
+        Path | None, typer.Option(help="Write the report's SVG plots into this folder")
+    ] = None,
+) -> None:
+    """Per arm: customers, results, expected net value with CI, uplift, P(best), expected loss;
+    the sample-ratio test and the stopping rule."""
+    from experiments import plots as plotting
+    from experiments.evidence import load_evidence
+    from experiments.report import PLOTS, build_report
+    from experiments.service import get_experiment
+
+    with _runtime(db) as runtime, runtime.session() as session:
+        row = get_experiment(session=session, key=key)
+        catalog = runtime.catalog(session)
+        evidence = load_evidence(session, catalog, row)
+        report = build_report(session=session, catalog=catalog, row=row, evidence=evidence)
+        if plots is not None:
+            plots.mkdir(parents=True, exist_ok=True)
+            for name in PLOTS:
+                (plots / f"{key}-{name}.svg").write_text(
+                    plotting.render(name, evidence, title=f"{row.name}: {name}")
+                )
+    if as_json:
+        typer.echo(report.model_dump_json(indent=2))
+        return
+    typer.echo(f"{report.name} ({report.key}): {report.status}, {report.allocation} allocation")
+    typer.echo(
+        f"{'arm':<20} {'customers':>9} {'results':>8} {'net value':>10} {'90% CI':>19} "
+        f"{'uplift':>8} {'P(best)':>8} {'exp. loss':>9}"
+    )
+    for arm in report.arms:
+        low, high = arm["ci90"]
+        uplift = f"{arm['uplift']['mean']:+.2f}" if arm["uplift"] else "control"
+        typer.echo(
+            f"{arm['experience']:<20} {arm['customers']:>9} {arm['results']:>8} "
+            f"{arm['expected_net_value']:>10.2f} {f'{low:.2f} to {high:.2f}':>19} {uplift:>8} "
+            f"{arm['p_best']:>8.3f} {arm['expected_loss']:>9.3f}"
+        )
+    if report.sample_ratio["warning"]:
+        typer.echo(f"WARNING: {report.sample_ratio['warning']}")
+    stopping = report.stopping
+    typer.echo(
+        f"stopping rule: {'met: ' + stopping['reason'] if stopping['stop_now'] else 'not met'}"
+    )
+    if report.conclusion:
+        c = report.conclusion
+        typer.echo(f"concluded by {c['by']} on {c['at'][:10]}: {c['decision']} ({c['note']})")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -26,6 +26,12 @@ class Settings(BaseSettings):
         lt=1,
         description="Share of decisions chosen uniformly among eligible experiences",
     )
+    experiment_refresh_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        le=3600,
+        description="Longest a worker assigns with an outdated list of running experiments",
+    )
     posterior_draws: int = Field(
         default=2000, ge=100, le=100_000, description="Joint posterior draws per decision"
     )

@@ -9,6 +9,7 @@ delivered.
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -49,6 +50,8 @@ from engine.schemas import (
 )
 from engine.stats import exposure_bucket
 from engine.triples import StoredTriple, Triple, store_triples
+from experiments.assign import Assignment, enrolments
+from experiments.service import holding_experiments
 
 # The catalog version, the customer's stored attributes and its exposures, in one round trip: one
 # row per experience the customer has met (attributes NULL when there is no such customer).
@@ -104,10 +107,23 @@ def decide(*, runtime: Runtime, decision_in: DecisionIn) -> DecisionPublic:
     for k, (cell, a, n) in enumerate(zip(cells, alpha, net.astype(np.float32), strict=True)):
         np.matmul(snapshot.draws.get(cell, a), n, out=values[k])
     summary = posterior.summarize(alpha, net, values.T)
-    rule = None if decision_in.exploit else _rule_for(runtime, catalog, attributes, keys)
+    now = utcnow()
+    assignment = (
+        None
+        if decision_in.exploit
+        else _assignment(runtime, catalog, decision_in, attributes, keys, now)
+    )
+    rule = (
+        None
+        if decision_in.exploit or assignment is not None
+        else _rule_for(runtime, catalog, attributes, keys)
+    )
     if decision_in.exploit:
         chosen, source = int(np.argmax(summary.mean)), "exploit"
         propensity = 1.0
+    elif assignment is not None:
+        chosen, source = keys.index(assignment.arm), "experiment"
+        propensity = assignment.propensity
     else:
         explore = runtime.settings.min_exploration
         # The policy: with probability ``explore`` a uniform pick, else Thompson sampling over the
@@ -124,7 +140,6 @@ def decide(*, runtime: Runtime, decision_in: DecisionIn) -> DecisionPublic:
             source = "rule" if rule is not None else "thompson"
         propensity = posterior.thompson_propensity(q, chosen, explore=explore)
     ranked = _ranked(keys, summary)
-    now = utcnow()
     decision_id = str(uuid.uuid4())
     runtime.decision_log.log(
         DecisionWrite(
@@ -142,8 +157,8 @@ def decide(*, runtime: Runtime, decision_in: DecisionIn) -> DecisionPublic:
                 "source": source,
                 "rule_id": rule.rule_id if rule else None,
                 "ruleset_version": rule.version if rule else None,
-                "experiment_key": None,
-                "arm": None,
+                "experiment_key": assignment.experiment_key if assignment else None,
+                "arm": assignment.arm if assignment else None,
                 "overrides": {"values": decision_in.values or {}, "costs": decision_in.costs or {}},
             },
             customer=customer_row,
@@ -158,7 +173,9 @@ def decide(*, runtime: Runtime, decision_in: DecisionIn) -> DecisionPublic:
         propensity=round(propensity, 6),
         source=source,
         rule=RulePublic(id=rule.rule_id, version=rule.version, text=rule.text) if rule else None,
-        experiment=None,
+        experiment={"key": assignment.experiment_key, "arm": assignment.arm}
+        if assignment
+        else None,
         ranked=[RankedExperience.model_validate(r) for r in ranked[: decision_in.top_k]],
         segment=catalog.finest_segment(attributes),
         suppressed=suppressed,
@@ -170,6 +187,31 @@ def decide(*, runtime: Runtime, decision_in: DecisionIn) -> DecisionPublic:
             },
         ),
         created_at=now,
+    )
+
+
+def _assignment(
+    runtime: Runtime,
+    catalog: Catalog,
+    decision_in: DecisionIn,
+    attributes: Mapping[str, Any],
+    keys: list[str],
+    now: dt.datetime,
+) -> Assignment | None:
+    """The customer's experiment arm, if a running experiment takes them (experiments.assign).
+    Reads the customer's enrolments only while some experiment runs."""
+    running = runtime.experiments(catalog)
+    if not running:
+        return None
+    enrolled = enrolments(
+        runtime.engine, decision_in.customer_id, [e.key for e in running.experiments]
+    )
+    return running.assign(
+        customer_id=decision_in.customer_id,
+        attributes=attributes,
+        candidates=keys,
+        enrolled=enrolled,
+        now=now,
     )
 
 
@@ -456,6 +498,9 @@ def record_outcome(
         idempotency_key=outcome_in.idempotency_key,
         decision_id=decision.id,
         source="decision",
+        held_for=decision.experiment_key
+        if decision.experiment_key in holding_experiments(session)
+        else None,
     )
     existing = session.exec(_outcome_of(decision.id)).first()
     if existing is not None:

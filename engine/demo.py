@@ -123,6 +123,7 @@ def seed_demo(
     load_triples(engine, triples, progress)
     if triples:
         _compile_rules(engine)
+        _start_experiment(engine)
         n = DEMO_DECISIONS if decisions is None else decisions
         _serve_decisions(engine, world, people, np.random.default_rng(seed), n)
         n = AGENT_DECISIONS if agent_decisions is None else agent_decisions
@@ -262,6 +263,41 @@ def _agent_activity(
             )
         session.commit()
     runtime.close()
+
+
+DEMO_EXPERIMENT = {
+    "key": "winter-save",
+    "name": "Winter save offers for new basic customers",
+    "hypothesis": "A free month keeps new basic customers better than a 10% discount",
+    "eligibility": 'plan == "basic" and tenure_months < 12',
+    "arms": [
+        {"experience": "no_offer"},
+        {"experience": "discount_10"},
+        {"experience": "free_month"},
+    ],
+    "allocation": "adaptive",
+    "holdout_share": 0.1,
+    "burn_in": 30,
+    "stopping": {"p_best": 0.95, "expected_loss": 1.0, "on_stop": "pause"},
+    "guardrail": {"level": "churned", "margin": 0.05, "probability": 0.99},
+}
+"""A running experiment: the demo's decisions for new basic customers come from it."""
+
+
+def _start_experiment(engine: Engine) -> None:
+    from experiments.schemas import ExperimentIn
+    from experiments.service import change_status, create_experiment
+
+    with Session(engine) as session:
+        create_experiment(
+            session=session,
+            experiment_in=ExperimentIn.model_validate(DEMO_EXPERIMENT),
+            actor="system:demo",
+        )
+        change_status(
+            session=session, key="winter-save", action="start", change=None, actor="system:demo"
+        )
+        session.commit()
 
 
 def _compile_rules(engine: Engine) -> None:

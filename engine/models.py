@@ -139,6 +139,7 @@ class Decision(SQLModel, table=True):
     __table_args__ = (
         Index("ix_decisions_customer_created", "customer_id", "created_at"),
         Index("ix_decisions_experience_created", "experience_key", "created_at"),
+        Index("ix_decisions_experiment_created", "experiment_key", "created_at"),
     )
 
     id: str = Field(primary_key=True, max_length=36)
@@ -208,6 +209,9 @@ class Outcome(SQLModel, table=True):
     source: str = Field(max_length=16)
     idempotency_key: str | None = Field(default=None, max_length=200)
     request_hash: str | None = Field(default=None, max_length=64)
+    held_for: str | None = Field(default=None, max_length=64)
+    """The isolated experiment whose result this is: it trains the cells once that experiment is
+    concluded (experiments.service), not before."""
 
 
 class Exposure(SQLModel, table=True):

@@ -60,6 +60,7 @@ MEMO_SIZE = 100_000
 log = logging.getLogger("nextbest.runtime")
 
 if TYPE_CHECKING:
+    from experiments.assign import RunningExperiments
     from rules.active import ActiveRules
     from rules.guardrails import Guardrails
     from rules.runtime import RuleRuntime
@@ -365,6 +366,7 @@ class Runtime:
         self._reload_lock = threading.Lock()
         self._rule_runtime: RuleRuntime | None = None
         self._guardrails: tuple[int, Guardrails] | None = None
+        self._experiments: tuple[int, RunningExperiments] | None = None
 
     def session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
@@ -497,6 +499,39 @@ class Runtime:
         with self._lock:
             self._guardrails = (catalog.version, loaded)
         return loaded
+
+    def experiments(self, catalog: Catalog) -> RunningExperiments:
+        """The running experiments, reloaded every ``experiment_refresh_seconds`` and after this
+        worker changes one (``experiments_changed``); one thread reloads, the others wait."""
+        with self._lock:
+            cached = self._experiments
+        if self._fresh_experiments(cached, catalog):
+            return cached[1]  # type: ignore[index]
+        with self._reload_lock:
+            with self._lock:
+                cached = self._experiments
+            if self._fresh_experiments(cached, catalog):
+                return cached[1]  # type: ignore[index]
+            from experiments.assign import load_running
+
+            with self.session() as session:
+                loaded = load_running(session, catalog, time.monotonic())
+            with self._lock:
+                self._experiments = (catalog.version, loaded)
+            return loaded
+
+    def _fresh_experiments(
+        self, cached: tuple[int, RunningExperiments] | None, catalog: Catalog
+    ) -> bool:
+        return (
+            cached is not None
+            and cached[0] == catalog.version
+            and time.monotonic() - cached[1].loaded_at < self.settings.experiment_refresh_seconds
+        )
+
+    def experiments_changed(self) -> None:
+        with self._lock:
+            self._experiments = None
 
     def eligibility(self, catalog: Catalog, key: str) -> Predicate | None:
         """The compiled eligibility rule of an experience (None: everyone is eligible)."""

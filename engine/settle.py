@@ -19,6 +19,8 @@ from sqlmodel import Session, col, select
 from engine.catalog import Catalog, load_catalog, rebase_if_due
 from engine.models import Decision, DecisionOverride, Outcome
 from engine.triples import Triple, store_triples
+from experiments.monitor import update_experiments
+from experiments.service import holding_experiments
 
 
 def settle_due(*, session: Session, catalog: Catalog, now: dt.datetime, limit: int = 5000) -> int:
@@ -39,6 +41,7 @@ def settle_due(*, session: Session, catalog: Catalog, now: dt.datetime, limit: i
         .order_by(col(Decision.created_at), col(Decision.id))
         .limit(limit)
     ).all()
+    held = holding_experiments(session) if due else set()
     triples = [
         Triple(
             customer_id=decision.customer_id,
@@ -50,6 +53,7 @@ def settle_due(*, session: Session, catalog: Catalog, now: dt.datetime, limit: i
             attributes=decision.attributes,
             decision_id=decision.id,
             source="settled",
+            held_for=decision.experiment_key if decision.experiment_key in held else None,
         )
         for decision, delivered in due
     ]
@@ -64,6 +68,8 @@ log = logging.getLogger("nextbest.maintenance")
 class Upkeep:
     settled: int
     rebased: bool
+    experiments: list[str]
+    """What the experiments' upkeep changed (experiments.monitor), one line each."""
 
 
 def maintain(engine: Engine, *, now: dt.datetime, batch: int = 5000) -> Upkeep:
@@ -89,4 +95,9 @@ def maintain(engine: Engine, *, now: dt.datetime, batch: int = 5000) -> Upkeep:
     with Session(engine) as session:
         rebased = rebase_if_due(session=session, now=now)
         session.commit()
-    return Upkeep(settled=settled, rebased=rebased)
+    try:
+        changes = update_experiments(engine, now=now)
+    except (IntegrityError, OperationalError) as error:
+        log.info("another worker is updating experiments (%s)", type(error).__name__)
+        changes = []
+    return Upkeep(settled=settled, rebased=rebased, experiments=changes)

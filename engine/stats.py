@@ -124,11 +124,16 @@ def facts_from_outcomes(catalog: Catalog, outcomes: Iterable[Outcome]) -> Iterab
 def replay(
     session: Session, *, catalog: Catalog, chunk: int = 20_000
 ) -> dict[CellKey, list[float]]:
-    """Recompute every cell from the stored log, streamed in id order in constant memory."""
+    """Recompute every cell from the stored log, streamed in id order in constant memory.
+
+    Results an isolated experiment holds back count only once it has released them."""
     total: dict[CellKey, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0, 0.0])
+    released = released_experiments(session)
     for batch in keyset_pages(session, Outcome, "id", chunk):
         part = increments(
-            facts_from_outcomes(catalog, batch),
+            facts_from_outcomes(
+                catalog, (o for o in batch if o.held_for is None or o.held_for in released)
+            ),
             epoch=catalog.epoch,
             half_life_days=catalog.half_life_days,
         )
@@ -137,6 +142,14 @@ def replay(
             for i, v in enumerate(values):
                 cell[i] += v
     return dict(total)
+
+
+def released_experiments(session: Session) -> set[str]:
+    """Isolated experiments whose held-back results train the cells (they are concluded)."""
+    from experiments.models import Experiment  # engine owns the cells; experiments owns this
+
+    rows = session.exec(select(Experiment.key).where(col(Experiment.released_at).is_not(None)))
+    return set(rows)
 
 
 def stored_cells(session: Session) -> dict[CellKey, list[float]]:

@@ -56,6 +56,8 @@ class Triple:
     decision_id: str | None = None
     source: str = "event"
     request_hash: str | None = None
+    held_for: str | None = None
+    """An isolated experiment's key: stored, but kept out of the cells until it concludes."""
 
 
 def spooled_triple(triple: Triple) -> tuple[Any, ...]:
@@ -231,6 +233,7 @@ def store_triples(
             "source": t.source,
             "idempotency_key": t.idempotency_key,
             "request_hash": t.request_hash,
+            "held_for": t.held_for,
         }
         for i, t in enumerate(fresh)
     ]
@@ -255,6 +258,7 @@ def store_triples(
                 cost=row["cost"],
             )
             for row in rows
+            if row["held_for"] is None
         )
         stats.apply_increments(
             session,

@@ -442,13 +442,23 @@ _ANY_DATE = dt.date(2000, 1, 1)
 def sentence(rule: Mapping[str, Any], names: Mapping[str, str]) -> str:
     """One rule as a sentence (DESIGN section 6)."""
     segment = rule["segment"]
-    if segment:
+    experiment = rule.get("experiment")
+    if experiment is not None:
+        head = (
+            "OTHERWISE" if rule["condition_text"] == "true" else f"IF {rule['condition_text']} THEN"
+        )
+    elif segment:
         clauses = [f"{attribute} is {' or '.join(levels)}" for attribute, levels in segment.items()]
         head = "IF " + " AND ".join(clauses) + " THEN"
     else:
         head = "OTHERWISE"
     low, high = rule["ci90"]
     evidence = f"from {rule['support']:.0f} results"
+    if experiment is not None:
+        evidence += (
+            f" of experiment {experiment['key']!r}, concluded by {experiment['concluded_by']} "
+            f"on {str(experiment['concluded_at'])[:10]}"
+        )
     if rule["experience"] is not None:
         key = rule["experience"]
         return (

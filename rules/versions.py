@@ -14,11 +14,12 @@ from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from engine import audit
-from engine.catalog import bump_catalog
+from engine.catalog import Catalog, bump_catalog
 from engine.errors import Conflict, NotFound
 from engine.models import utcnow
 from engine.runtime import Runtime
-from rules.compiler import Settings, compile_rules
+from experiments.promotion import promoted_rules
+from rules.compiler import Compiled, Settings, compile_rules, markdown
 from rules.models import RuleSetVersion
 
 
@@ -34,6 +35,7 @@ def compile_version(
     compiled = compile_rules(
         session=session, catalog=catalog, snapshot=snapshot, settings=settings, title="Rule set"
     )
+    compiled = _with_promoted(compiled, promoted_rules(session, catalog, settings.seed), catalog)
     row = RuleSetVersion(
         created_at=utcnow(),
         created_by=actor,
@@ -53,6 +55,28 @@ def compile_version(
     session.add(row)
     session.flush()
     return row
+
+
+def _with_promoted(
+    compiled: Compiled, promoted: list[dict[str, Any]], catalog: Catalog
+) -> Compiled:
+    """Concluded experiments' winners first (a marketer's decision outranks what the engine
+    learned), then the compiled rules; ids and priorities follow the new order."""
+    if not promoted:
+        return compiled
+    customers = compiled.metrics.get("customers") or 1.0
+    rules = []
+    for priority, rule in enumerate([*promoted, *compiled.rules]):
+        rule = {**rule, "rule_id": f"r{priority + 1:02d}", "priority": priority}
+        rule.setdefault("traffic_share", round(rule["traffic"] / customers, 4))
+        rules.append(rule)
+    metrics = {
+        **compiled.metrics,
+        "rules": len(rules),
+        "promoted": [rule["experiment"]["key"] for rule in promoted],
+    }
+    names = {key: info.name for key, info in catalog.experiences.items()}
+    return Compiled(rules=rules, metrics=metrics, text=markdown("Rule set", rules, metrics, names))
 
 
 def list_versions(*, session: Session, limit: int, before: int | None) -> list[RuleSetVersion]:

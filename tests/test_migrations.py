@@ -8,6 +8,7 @@ from sqlalchemy import Engine
 from sqlmodel import SQLModel
 
 import engine.models  # noqa: F401  (registers the tables)
+import experiments.models  # noqa: F401
 import rules.models  # noqa: F401
 
 

@@ -4,6 +4,7 @@ from alembic import context
 from sqlmodel import SQLModel
 
 import engine.models  # noqa: F401  (registers the tables on SQLModel.metadata)
+import experiments.models  # noqa: F401
 import rules.models  # noqa: F401
 
 config = context.config

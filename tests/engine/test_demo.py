@@ -36,4 +36,14 @@ def test_demo_business(runtime: Runtime, client: TestClient) -> None:
         headers={"Authorization": f"Bearer {DEMO_KEYS['agent']}"},
     )
     assert decision.status_code == 201
-    assert decision.json()["source"] in {"rule", "explore"}
+    body = decision.json()
+    if body["experiment"] is None:
+        assert body["source"] in {"rule", "explore"}
+    else:  # c-00001 is a new basic customer: the demo's running experiment takes them
+        assert body["source"] == "experiment" and body["experiment"]["key"] == "winter-save"
+    report = client.get(
+        "/v1/experiments/winter-save/report",
+        headers={"Authorization": f"Bearer {DEMO_KEYS['marketer']}"},
+    )
+    assert report.status_code == 200
+    assert sum(arm["results"] for arm in report.json()["arms"]) > 50
