@@ -33,6 +33,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/decide.py
+	$(BIN)/python bench/pages.py --out bench/results/pages.json
 
 clean:
 	rm -rf $(VENV) nextbest.db nextbest.db-wal nextbest.db-shm

@@ -28,14 +28,18 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+import web
 from engine import (
     audit,
     auth,
     catalog,
+    customer_value,
     customers,
     decisions,
     evaluation,
+    history,
     insights,
+    override_insights,
     overrides,
     triples,
 )
@@ -54,9 +58,11 @@ from engine.schemas import (
     AuditEventPublic,
     AuditEventsPublic,
     BatchPublic,
+    CustomerHistory,
     CustomerIn,
     CustomerPublic,
     CustomersPublic,
+    CustomerValue,
     DecayIn,
     DecayPublic,
     DecisionIn,
@@ -78,6 +84,7 @@ from engine.schemas import (
     OutcomeScaleIn,
     OutcomeScalePublic,
     OverrideIn,
+    OverrideInsights,
     OverridePublic,
     PolicyValue,
     ReactionIn,
@@ -410,6 +417,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     _install_error_handlers(app)
     _install_routes(app)
     _install_openapi_links(app)
+    web.install(app, settings)
     return app
 
 
@@ -801,6 +809,32 @@ def _install_routes(app: FastAPI) -> None:
             EvaluateIn(days=days, where=where, clip=clip),
         )
 
+    @app.get("/v1/insights/overrides", tags=["insights"])
+    def override_insights_route(
+        session: SessionDep,
+        runtime: RuntimeDep,
+        _: Marketer,
+        days: Annotated[float, Query(gt=0, le=3650)] = 90.0,
+    ) -> OverrideInsights:
+        """Override rates by agent and reason, and the value of overrides against the engine's
+        picks: observational figures (agents choose what to override)."""
+        report = override_insights.override_insights(session=session, runtime=runtime, days=days)
+        return OverrideInsights.model_validate(report)
+
+    @app.get("/v1/insights/customer-value", tags=["insights"])
+    def customer_value_route(
+        session: SessionDep,
+        runtime: RuntimeDep,
+        _: Marketer,
+        days: Annotated[float, Query(gt=0, le=3650)] = 365.0,
+        depth: Annotated[int, Query(ge=0, le=8)] = 1,
+        top: Annotated[float, Query(gt=0, lt=1)] = 0.2,
+    ) -> CustomerValue:
+        report = customer_value.customer_value(
+            session=session, runtime=runtime, days=days, depth=depth, top=top
+        )
+        return CustomerValue.model_validate(report)
+
     @app.get("/v1/worklist", tags=["insights"])
     def worklist(
         session: SessionDep,
@@ -851,6 +885,16 @@ def _install_routes(app: FastAPI) -> None:
     def get_customer(customer_id: str, session: SessionDep, _: CustomerReader) -> CustomerPublic:
         row = customers.get_customer(session=session, customer_id=customer_id)
         return CustomerPublic.model_validate(row, from_attributes=True)
+
+    @app.get("/v1/customers/{customer_id}/history", tags=["customers"])
+    def get_customer_history(
+        customer_id: str,
+        session: SessionDep,
+        _: CustomerReader,
+        limit: Annotated[int, Query(ge=1, le=200)] = 20,
+    ) -> CustomerHistory:
+        report = history.customer_history(session=session, customer_id=customer_id, limit=limit)
+        return CustomerHistory.model_validate(report)
 
     @app.put(
         "/v1/customers/{customer_id}",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -67,6 +68,9 @@ def serve(
 
     with _database(db):
         pass
+    # Workers must sign the consoles' session cookies with one key: a per-process key would end
+    # a session whenever a request lands on another worker.
+    os.environ.setdefault("NEXTBEST_SESSION_SECRET", secrets.token_urlsafe(32))
     uvicorn.run(
         "api:app_from_env", factory=True, host=host, port=port, workers=workers, log_level="info"
     )

@@ -66,6 +66,12 @@ class Settings(BaseSettings):
         description="Requests a minute each API key may make on each worker, with a burst of as "
         "many (429 with Retry-After above; 0: no limit)",
     )
+    session_secret: str | None = Field(
+        default=None,
+        description="Key that signs the consoles' session cookies; when unset each process "
+        "generates one at start (sessions then end with the process, and `nextbest serve` "
+        "shares one generated secret among its workers)",
+    )
     seed: int | None = Field(
         default=None, description="Seed of the decision sampler (reproducible runs and tests)"
     )

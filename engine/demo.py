@@ -56,8 +56,14 @@ def seed_demo(
     n_triples: int = 50_000,
     seed: int = 1,
     progress: Progress | None = None,
+    decisions: int | None = None,
+    agent_decisions: int | None = None,
 ) -> bool:
-    """Load the demo business unless experiences exist already. Returns True when it seeded."""
+    """Load the demo business unless experiences exist already. Returns True when it seeded.
+
+    ``decisions`` and ``agent_decisions`` (default DEMO_DECISIONS and AGENT_DECISIONS) size the
+    logged decisions; tests ask for fewer.
+    """
     with Session(engine, expire_on_commit=False) as session:
         if session.exec(select(Experience)).first() is not None:
             _ensure_keys(session)
@@ -118,7 +124,10 @@ def seed_demo(
     if triples:
         _compile_rules(engine)
         _start_experiment(engine)
-        _serve_decisions(engine, world, people, np.random.default_rng(seed), DEMO_DECISIONS)
+        n = DEMO_DECISIONS if decisions is None else decisions
+        _serve_decisions(engine, world, people, np.random.default_rng(seed), n)
+        n = AGENT_DECISIONS if agent_decisions is None else agent_decisions
+        _agent_activity(engine, world, people, np.random.default_rng(seed + 1), n)
     return True
 
 
@@ -169,6 +178,91 @@ def _serve_decisions(
             )
         session.commit()
     runtime.close()  # the rule runtime, if a decision started it (the engine is the caller's)
+
+
+AGENT_DECISIONS = 300
+"""Decisions the demo's agents asked for on the phone, some of them overridden with a note."""
+
+AGENT_HABITS: dict[str, tuple[float, str | None, str, str]] = {
+    "a-1": (0.0, None, "", ""),
+    "a-2": (0.1, "callback_senior", "customer_request", "Asked to speak to someone senior"),
+    "a-3": (
+        0.35,
+        "discount_20",
+        "retention_risk",
+        "Sounded ready to leave; went for the bigger discount",
+    ),
+    "a-4": (0.2, "no_offer", "already_loyal", "Long-time customer, happy with the service"),
+    "a-5": (0.15, None, "agent_judgement", "Knows this customer; chose differently"),
+}
+"""Per demo agent: how often they override, to what (None: any other experience), the reason
+code and the note they leave."""
+
+
+def _agent_activity(
+    engine: Engine,
+    world: World,
+    people: list[dict[str, Any]],
+    rng: np.random.Generator,
+    n: int,
+) -> None:
+    """Agents' decisions with their overrides and results (drawn from the simulator's truth for
+    what was delivered), so that the marketer's override analytics have something to show."""
+    from engine.config import Settings
+    from engine.decisions import decide, read_customer, record_outcome
+    from engine.overrides import override_decision
+    from engine.runtime import Runtime
+    from engine.schemas import DecisionIn, OutcomeIn, OverrideIn
+
+    runtime = Runtime(
+        Settings(seed=int(rng.integers(2**31)), stats_refresh_seconds=3600), engine=engine
+    )
+    keys = [e.key for e in world.experiences]
+    agents = sorted(AGENT_HABITS)
+    made = []
+    for i in rng.integers(0, len(people), n).tolist():
+        person = people[i]
+        agent = agents[int(rng.integers(len(agents)))]
+        rate, target, reason, note = AGENT_HABITS[agent]
+        decision = decide(  # committed before it returns (engine.decision_log)
+            runtime=runtime,
+            decision_in=DecisionIn(
+                customer_id=person["customer_id"], agent_id=agent, channel="phone"
+            ),
+        )
+        delivered = decision.experience
+        if rng.random() < rate:
+            others = [k for k in keys if k != decision.experience]
+            delivered = target if target in others else others[int(rng.integers(len(others)))]
+            with runtime.session() as session:
+                override_decision(
+                    session=session,
+                    catalog=runtime.catalog(session),
+                    decision_id=decision.decision_id,
+                    override_in=OverrideIn(
+                        experience=delivered, note=note, reason_code=reason, agent_id=agent
+                    ),
+                    actor=f"agent:{agent}",
+                )
+                session.commit()
+        _, _, exposures = read_customer(runtime, person["customer_id"])
+        made.append((person, decision, delivered, exposures.get(delivered, 0)))
+    probs = world.true_probs(
+        [person["attributes"] for person, _, _, _ in made],
+        np.array([keys.index(delivered) for _, _, delivered, _ in made]),
+        np.array([seen for _, _, _, seen in made]),
+        np.full(len(made), world.horizon_days),
+    )
+    levels = world.draw_results(probs, rng)
+    with runtime.session() as session:
+        for (_, decision, _, _), level in zip(made, levels.tolist(), strict=True):
+            record_outcome(
+                session=session,
+                runtime=runtime,
+                outcome_in=OutcomeIn(decision_id=decision.decision_id, result=world.levels[level]),
+            )
+        session.commit()
+    runtime.close()
 
 
 DEMO_EXPERIMENT = {

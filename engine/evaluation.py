@@ -185,7 +185,7 @@ def _load(
         if predicate is not None and not predicate(decision.attributes):
             left_out["filtered"] += 1
             continue
-        reward = _reward(catalog, snapshot, decision, outcome)
+        reward = realised_net_value(catalog, snapshot, decision, outcome)
         if override is not None and override != decision.experience_key:
             left_out["overridden"] += 1
             overridden.append(reward)
@@ -206,7 +206,7 @@ def _load(
     return logged, left_out, overridden
 
 
-def _reward(
+def realised_net_value(
     catalog: Catalog, snapshot: StatsSnapshot, decision: Decision, outcome: Outcome
 ) -> float:
     """Realised net value: the result's value minus the delivered experience's cost on it

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Table
+from sqlalchemy import Table, func
 from sqlalchemy import select as sa_select
 from sqlmodel import Session
 
@@ -35,6 +35,7 @@ from engine.hierarchy import node_paths
 from engine.models import Customer, Exposure, utcnow
 from engine.money import cost_by_level, level_values
 from engine.runtime import Runtime, StatsSnapshot
+from engine.stats import exposure_bucket
 
 INSIGHT_DRAWS = 4000
 """Joint posterior draws per node for intervals and P(best)."""
@@ -60,18 +61,39 @@ def segment_insights(
     Net values are those of the node's typical customer: a value or cost based on an attribute
     uses the attribute's mean over the node's customers, a learned level value the mean realised
     value in the node.
+
+    The whole tree is computed once per statistics snapshot, exposure and seed (and customer
+    base, when some value or cost depends on attributes) and kept with the snapshot; a depth
+    limit filters it.
     """
     catalog = runtime.catalog(session)
-    scale = catalog.require_scale()
+    catalog.require_scale()
     snapshot = runtime.stats(session, catalog)
     depth_limit = len(catalog.segmentation) if max_depth is None else max_depth
+    customers = customers_fingerprint(session) if _money_per_customer(catalog) else None
+    key = ("segment_insights", catalog.version, exposure, seed, customers)
+    report: dict[str, Any] = snapshot.memo(
+        key, lambda: _segment_report(session, catalog, snapshot, exposure, seed)
+    )
+    return {**report, "nodes": [n for n in report["nodes"] if n["depth"] <= depth_limit]}
+
+
+def _money_per_customer(catalog: Catalog) -> bool:
+    scale = catalog.require_scale()
+    return scale.per_customer or any(
+        e.cost_attribute is not None for e in catalog.experiences.values()
+    )
+
+
+def _segment_report(
+    session: Session, catalog: Catalog, snapshot: StatsSnapshot, exposure: int, seed: int
+) -> dict[str, Any]:
+    scale = catalog.require_scale()
     money = node_money(session, snapshot, catalog)
     rng = np.random.default_rng(seed)
     nodes: dict[str, list[tuple[str, np.ndarray, np.ndarray]]] = defaultdict(list)
     for (node, key, bucket), counts in snapshot.tree.counts.items():
         if bucket != exposure or key not in catalog.experiences:
-            continue
-        if _depth(node) > depth_limit:
             continue
         alpha = snapshot.tree.alpha[(node, key, bucket)]
         nodes[node].append((key, alpha, counts))
@@ -248,12 +270,20 @@ def score_customers(
     catalog: Catalog,
     snapshot: StatsSnapshot,
     customers: Sequence[Customer],
+    memo: dict[tuple[str, str, int], _CellScore] | None = None,
 ) -> list[CustomerScore]:
     """Score ``customers`` (see CustomerScore); a customer with no eligible experience is left
-    out."""
+    out.
+
+    Customers share cells: where an experience's money does not depend on the customer's
+    attributes, its expected net value and cost are those of the cell (leaf segment, experience,
+    exposure bucket), computed once per cell in ``memo`` (pass the same dict for every chunk of
+    one snapshot) instead of once per customer.
+    """
     scale = catalog.require_scale()
     control = control_key(catalog)
     exposures = _exposures(session, [c.id for c in customers])
+    memo = {} if memo is None else memo
     scores = []
     for customer in customers:
         attributes = customer.attributes
@@ -263,16 +293,22 @@ def score_customers(
             continue
         if control not in keys:
             keys.append(control)
-        path = segment_path(catalog.specs, catalog.segmentation, attributes)
-        alpha, net, _ = posterior_inputs(
-            catalog, snapshot, keys, attributes, path, exposures.get(customer.id, {})
-        )
-        costs = np.array([cost_by_level(catalog.experiences[k], scale, attributes) for k in keys])
-        p = posterior.dirichlet_mean(alpha)
-        expected_net = (p * net).sum(axis=1)
-        expected_cost = (p * costs).sum(axis=1)
-        expected_gross = expected_net + expected_cost
-        best, c = int(np.argmax(expected_net)), keys.index(control)
+        path = runtime.segment_path(catalog, attributes)
+        seen = exposures.get(customer.id, {})
+        cells = []
+        for key in keys:
+            bucket = exposure_bucket(seen.get(key, 0))
+            if scale.per_customer or catalog.experiences[key].cost_attribute is not None:
+                cells.append(_cell_score(catalog, snapshot, key, bucket, attributes, path))
+                continue
+            found = memo.get((path[-1], key, bucket))
+            if found is None:
+                found = memo[(path[-1], key, bucket)] = _cell_score(
+                    catalog, snapshot, key, bucket, attributes, path
+                )
+            cells.append(found)
+        nets = [cell.net for cell in cells]
+        best, c = max(range(len(keys)), key=nets.__getitem__), keys.index(control)
         scores.append(
             CustomerScore(
                 customer_id=customer.id,
@@ -280,16 +316,49 @@ def score_customers(
                 attributes=attributes,
                 segment=path[-1],
                 best_experience=keys[best],
-                best_net_value=round(float(expected_net[best]), 4),
+                best_net_value=round(nets[best], 4),
                 control_experience=control,
-                control_net_value=round(float(expected_net[c]), 4),
-                gain=round(float(expected_net[best] - expected_net[c]), 4),
-                uplift=round(float(expected_gross[best] - expected_gross[c]), 4),
-                cost=round(float(expected_cost[best]), 4),
-                value_at_stake=round(_at_stake(p[c], net[c] + costs[c]), 4),
+                control_net_value=round(nets[c], 4),
+                gain=round(nets[best] - nets[c], 4),
+                uplift=round(cells[best].gross - cells[c].gross, 4),
+                cost=round(cells[best].cost, 4),
+                value_at_stake=round(cells[c].at_stake, 4),
             )
         )
     return scores
+
+
+@dataclass(frozen=True)
+class _CellScore:
+    """One experience for one customer (or every customer of a cell): expected net value, cost
+    and gross value, and the value at stake were it the control."""
+
+    net: float
+    cost: float
+    gross: float
+    at_stake: float
+
+
+def _cell_score(
+    catalog: Catalog,
+    snapshot: StatsSnapshot,
+    key: str,
+    bucket: int,
+    attributes: Mapping[str, Any],
+    path: list[str],
+) -> _CellScore:
+    scale = catalog.require_scale()
+    alpha, net, _ = posterior_inputs(catalog, snapshot, [key], attributes, path, {key: bucket})
+    costs = cost_by_level(catalog.experiences[key], scale, attributes)
+    p = posterior.dirichlet_mean(alpha[0])
+    expected_net = float(p @ net[0])
+    expected_cost = float(p @ costs)
+    return _CellScore(
+        net=expected_net,
+        cost=expected_cost,
+        gross=expected_net + expected_cost,
+        at_stake=_at_stake(p, net[0] + costs),
+    )
 
 
 def _at_stake(p: np.ndarray, gross: np.ndarray) -> float:
@@ -328,6 +397,7 @@ def iter_scores(
     catalog.require_scale()
     control_key(catalog)
     snapshot = runtime.stats(session, catalog)
+    memo: dict[tuple[str, str, int], _CellScore] = {}
     for customers in chunks:
         yield from score_customers(
             session=session,
@@ -335,6 +405,7 @@ def iter_scores(
             catalog=catalog,
             snapshot=snapshot,
             customers=customers,
+            memo=memo,
         )
 
 
@@ -351,38 +422,91 @@ def worklist(
     """Customers ranked by gain (highest first), filtered by a rule-language condition on their
     attributes, by best experience and by a minimum gain; ``limit`` from ``offset``.
 
-    Every matching customer is scored against the current statistics (customers read in chunks,
-    only the top ``offset + limit`` kept), so the cost grows with the number of customers, not
-    with the number of logged events.
+    Every customer is scored against the current statistics. Up to WORKLIST_CACHE_CUSTOMERS
+    customers, the ranked scores are kept with the statistics snapshot (engine.runtime) until the
+    statistics or a customer change, so that paging and filtering a worklist cost a pass over
+    the ranking rather than a scoring of the base. A larger base is scored per request (customers
+    read in chunks, only the top ``offset + limit`` kept): memory bounded by the page.
     """
     catalog = runtime.catalog(session)
     predicate = where_predicate(catalog, where)
     if experience is not None:
         catalog.experience(experience, field="experience")
-    matched = 0
 
-    def candidates() -> Iterator[CustomerScore]:
-        nonlocal matched
-        chunks = (
-            [c for c in customers if predicate is None or predicate(c.attributes)]
-            for customers in customer_chunks(session)
+    def keep(score: CustomerScore) -> bool:
+        return (
+            (experience is None or score.best_experience == experience)
+            and (min_gain is None or score.gain >= min_gain)
+            and (predicate is None or predicate(score.attributes))
         )
-        for score in iter_scores(session=session, runtime=runtime, chunks=chunks):
-            if experience is not None and score.best_experience != experience:
-                continue
-            if min_gain is not None and score.gain < min_gain:
-                continue
-            matched += 1
-            yield score
 
-    # nsmallest keeps a heap of offset + limit scores: memory bounded by the page, not the base.
-    ranked = heapq.nsmallest(offset + limit, candidates(), key=lambda s: (-s.gain, s.customer_id))
+    ranked = _ranked_scores(session, runtime, catalog)
+    if ranked is not None:
+        kept = [score for score in ranked if keep(score)]
+        matched = len(kept)
+        page = kept[offset : offset + limit]
+    else:
+        matched = 0
+
+        def candidates() -> Iterator[CustomerScore]:
+            nonlocal matched
+            chunks = (
+                [c for c in customers if predicate is None or predicate(c.attributes)]
+                for customers in customer_chunks(session)
+            )
+            for score in iter_scores(session=session, runtime=runtime, chunks=chunks):
+                if keep(score):
+                    matched += 1
+                    yield score
+
+        # nsmallest keeps a heap of offset + limit scores: memory bounded by the page.
+        page = heapq.nsmallest(offset + limit, candidates(), key=_rank)[offset:]
     return {
-        "items": [s.as_dict() for s in ranked[offset:]],
+        "items": [s.as_dict() for s in page],
         "matched": matched,
         "next_offset": offset + limit if matched > offset + limit else None,
         "as_of": utcnow(),
     }
+
+
+WORKLIST_CACHE_CUSTOMERS = 50_000
+"""Largest customer base whose ranked scores a worker keeps in memory (about 1 KiB each)."""
+
+
+def _rank(score: CustomerScore) -> tuple[float, str]:
+    return (-score.gain, score.customer_id)
+
+
+def _ranked_scores(
+    session: Session, runtime: Runtime, catalog: Catalog
+) -> list[CustomerScore] | None:
+    """Every customer's score, ranked, kept with the snapshot while no customer changed (None:
+    the base is too large to keep)."""
+    fingerprint = customers_fingerprint(session)
+    if fingerprint[0] > WORKLIST_CACHE_CUSTOMERS:
+        return None
+    catalog.require_scale()
+    control_key(catalog)
+    snapshot = runtime.stats(session, catalog)
+    slot: dict[str, Any] = snapshot.memo(("worklist", catalog.version), dict)
+    found = slot.get("ranked")
+    if found is not None and found[0] == fingerprint:
+        ranked: list[CustomerScore] = found[1]
+        return ranked
+    scores = iter_scores(session=session, runtime=runtime, chunks=customer_chunks(session))
+    ranked = sorted(scores, key=_rank)
+    slot["ranked"] = (fingerprint, ranked)
+    return ranked
+
+
+def customers_fingerprint(session: Session) -> tuple[int, str]:
+    """(number of customers, latest update): changes whenever a customer is added or changed,
+    so that what is kept per snapshot about customers is dropped with their change."""
+    table: Table = Customer.__table__  # type: ignore[attr-defined]
+    n, last_update = (
+        session.connection().execute(sa_select(func.count(), func.max(table.c.updated_at))).one()
+    )
+    return int(n), str(last_update)
 
 
 def where_predicate(catalog: Catalog, where: str | None) -> Any:
@@ -396,6 +520,7 @@ def where_predicate(catalog: Catalog, where: str | None) -> Any:
 __all__ = [
     "CustomerScore",
     "customer_chunks",
+    "customers_fingerprint",
     "iter_scores",
     "score_customers",
     "segment_insights",

@@ -652,3 +652,50 @@ class PolicyValue(BaseModel):
     overrides: dict[str, Any] = Field(description="Decisions an agent overrode, on their own")
     engine: dict[str, Any] = Field(description="Decisions the engine's choice was delivered for")
     policies: dict[str, Any]
+
+
+# Agents' view and the marketer's analytics -----------------------------------------------------
+
+
+class CustomerHistory(BaseModel):
+    """A customer's latest decisions, each with its override, reaction and outcome, and the
+    number of results on record per experience."""
+
+    customer_id: str
+    name: str | None
+    last_contact: dt.datetime | None
+    decisions: list[dict[str, Any]]
+    results_by_experience: dict[str, int]
+
+
+class OverrideInsights(BaseModel):
+    """Override rates (Wilson 95% intervals) and the realised value of overrides against the
+    engine's estimate of its own pick (95% intervals); observational (engine.override_insights)."""
+
+    window: dict[str, Any]
+    decisions: int
+    overrides: int
+    override_rate: dict[str, Any]
+    value: dict[str, Any]
+    by_agent: list[dict[str, Any]]
+    by_reason: list[dict[str, Any]]
+    note: str
+
+
+class CustomerValue(BaseModel):
+    """Realised net value per customer: its concentration and its segments
+    (engine.customer_value)."""
+
+    window: dict[str, Any]
+    customers: int
+    customers_with_results: int
+    total: float
+    mean: float | None
+    negative_customers: int
+    top: float
+    top_share: float | None = Field(description="Share of value from the top customers")
+    curve: list[dict[str, float]]
+    depth: int
+    segmentation: list[str]
+    by_segment: list[dict[str, Any]]
+    as_of: dt.datetime

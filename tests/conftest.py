@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +27,16 @@ from engine.runtime import Runtime
 PG_URL = os.environ.get("NEXTBEST_TEST_DATABASE_URL")
 
 
-@pytest.fixture(scope="session")
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@contextmanager
+def scratch_database(directory: Path, prefix: str) -> Iterator[str]:
+    """A new empty database: a SQLite file in ``directory``, or on the PostgreSQL server of
+    NEXTBEST_TEST_DATABASE_URL a database of its own, dropped on exit (the server outlives the
+    run)."""
     if not PG_URL:
-        yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'nextbest.db'}"
+        yield f"sqlite:///{directory / f'{prefix}.db'}"
         return
     server = make_url(PG_URL)
-    name = f"nextbest_test_{uuid.uuid4().hex[:10]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     admin = create_engine(server, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
@@ -42,6 +46,12 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         with admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with scratch_database(tmp_path_factory.mktemp("db"), "nextbest_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

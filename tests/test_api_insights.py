@@ -155,6 +155,45 @@ def test_worklist_filters_and_pages(client: TestClient, keys: Headers, history: 
     assert {item["attributes"]["plan"] for item in paying["items"]} == {"basic"}
 
 
+def test_worklist_follows_customer_and_result_changes(
+    client: TestClient, keys: Headers, history: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ranking a worker keeps is dropped when a customer or the statistics change; a base
+    too large to keep is scored per request, with the same answer."""
+    query = {"where": f'{FRESH} and plan == "basic"', "limit": 500}
+    before = client.get("/v1/worklist", params=query, headers=keys["agent"]).json()
+    assert before["matched"] == 20
+    moved = client.put(
+        "/v1/customers/basic-00",
+        json={"attributes": {"plan": "premium", "monthly_spend": 40, "fraud_flag": False}},
+        headers=keys["service"],
+    )
+    assert moved.status_code == 200
+    after = client.get("/v1/worklist", params=query, headers=keys["agent"]).json()
+    assert after["matched"] == 19
+    assert "basic-00" not in {item["customer_id"] for item in after["items"]}
+    when = (utcnow() - dt.timedelta(hours=1)).isoformat()
+    events = [
+        {
+            "customer_id": f"basic-{i:02d}",
+            "experience": "discount_10",
+            "result": "churned",
+            "occurred_at": when,
+        }
+        for i in range(1, 20)
+    ]
+    stored = client.post("/v1/events:batch", json={"events": events}, headers=keys["service"])
+    assert stored.status_code == 201
+    repeat = client.get("/v1/worklist", params=query, headers=keys["agent"]).json()
+    gains = {item["customer_id"]: item["gain"] for item in repeat["items"]}
+    old = {item["customer_id"]: item["gain"] for item in after["items"]}
+    assert all(gains[c] != old[c] for c in gains)  # a second discount is a repeat exposure
+    monkeypatch.setattr("engine.insights.WORKLIST_CACHE_CUSTOMERS", 10)
+    uncached = client.get("/v1/worklist", params=query, headers=keys["agent"]).json()
+    assert uncached["items"] == repeat["items"]
+    assert uncached["matched"] == repeat["matched"]
+
+
 @pytest.mark.parametrize(
     ("params", "field"),
     [

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 from sqlmodel import func, select
 
-from engine.demo import DEMO_DECISIONS, DEMO_KEYS, seed_demo
-from engine.models import Customer, Decision, Experience, Outcome
+from engine.demo import AGENT_DECISIONS, DEMO_DECISIONS, DEMO_KEYS, seed_demo
+from engine.models import Customer, Decision, DecisionOverride, Experience, Outcome
 from engine.runtime import Runtime
 from rules.models import RuleSetVersion
 
@@ -18,7 +18,11 @@ def test_demo_business(runtime: Runtime, client: TestClient) -> None:
         count = lambda model: session.exec(select(func.count()).select_from(model)).one()  # noqa: E731
         # the history, then the engine's own decisions with their results
         assert (count(Experience), count(Customer)) == (8, 300)
-        assert (count(Outcome), count(Decision)) == (3000 + DEMO_DECISIONS, DEMO_DECISIONS)
+        made = DEMO_DECISIONS + AGENT_DECISIONS
+        assert (count(Outcome), count(Decision)) == (3000 + made, made)
+        agents = session.exec(select(Decision.agent_id).where(Decision.agent_id != None)).all()  # noqa: E711
+        assert len(agents) == AGENT_DECISIONS
+        assert 0 < count(DecisionOverride) < AGENT_DECISIONS / 2
         assert all(d.propensity > 0 for d in session.exec(select(Decision)))
         versions = session.exec(select(RuleSetVersion)).all()
     assert [(v.version, v.active) for v in versions] == [(1, True)]
