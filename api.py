@@ -34,6 +34,7 @@ from engine import (
     decisions,
     evaluation,
     insights,
+    metrics,
     overrides,
     triples,
 )
@@ -300,6 +301,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         start(runtime)
+        metrics.worker_started()
         upkeep = asyncio.create_task(_maintenance(runtime))
         try:
             yield
@@ -308,6 +310,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             with suppress(asyncio.CancelledError):
                 await upkeep
             runtime.close(release_engine=owned)
+            metrics.worker_stopped()
 
     app = FastAPI(
         title="nextbest",
@@ -317,8 +320,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     )
     app.state.runtime = runtime
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(metrics.HttpMetrics)  # outermost: it sees every answer, 413s included
     _install_error_handlers(app)
     _install_routes(app)
+    _install_operations_routes(app)
     return app
 
 
@@ -801,6 +806,34 @@ def _install_routes(app: FastAPI) -> None:
         row = auth.revoke_key(session=session, key_id=key_id, actor=who.actor)
         runtime.keys.clear()
         return ApiKeyPublic.model_validate(row, from_attributes=True)
+
+
+# Operations: liveness and metrics ---------------------------------------------------------------
+
+
+async def metrics_reader(request: Request) -> None:
+    """/metrics needs a service or admin key unless ``metrics_public`` is set: the counters name
+    experiments and arms and show the business's traffic."""
+    runtime: Runtime = request.app.state.runtime
+    if not runtime.settings.metrics_public:
+        await Allow("service")(request)
+
+
+def _install_operations_routes(app: FastAPI) -> None:
+    @app.get("/livez", tags=["operations"])
+    async def livez() -> dict[str, str]:
+        """Liveness: the worker answers (no database round trip; /healthz checks the database)."""
+        return {"status": "ok"}
+
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        response_class=Response,
+        dependencies=[Depends(metrics_reader)],
+    )
+    def get_metrics() -> Response:
+        """Prometheus text format, summed over every worker of the server."""
+        return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)
 
 
 def _mark_replay(response: Response, *, created: bool) -> None:
