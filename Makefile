@@ -30,9 +30,19 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: $(STAMP)
-	$(BIN)/python bench/ingest.py
-	$(BIN)/python bench/decide.py
+# The scaling benchmark (under 15 minutes on 2 cores): results, tables and plots in bench/results/.
+# It loads the server with wrk (Debian's package). bench/ingest.py, bench/decide.py and
+# bench/rules.py are the finer benchmarks, run on their own.
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
+	@touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	@command -v wrk >/dev/null || apt-get install -y wrk || \
+		{ echo "bench needs wrk: apt-get install -y wrk"; exit 1; }
+	$(BIN)/python bench/suite.py
 
 clean:
 	rm -rf $(VENV) nextbest.db nextbest.db-wal nextbest.db-shm

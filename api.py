@@ -811,12 +811,15 @@ def _install_routes(app: FastAPI) -> None:
 # Operations: liveness and metrics ---------------------------------------------------------------
 
 
-async def metrics_reader(request: Request) -> None:
+class MetricsReader(Allow):
     """/metrics needs a service or admin key unless ``metrics_public`` is set: the counters name
     experiments and arms and show the business's traffic."""
-    runtime: Runtime = request.app.state.runtime
-    if not runtime.settings.metrics_public:
-        await Allow("service")(request)
+
+    async def __call__(self, request: Request) -> Principal | None:  # type: ignore[override]
+        runtime: Runtime = request.app.state.runtime
+        if runtime.settings.metrics_public:
+            return None
+        return await super().__call__(request)
 
 
 def _install_operations_routes(app: FastAPI) -> None:
@@ -829,7 +832,7 @@ def _install_operations_routes(app: FastAPI) -> None:
         "/metrics",
         tags=["operations"],
         response_class=Response,
-        dependencies=[Depends(metrics_reader)],
+        dependencies=[Depends(MetricsReader("service"))],
     )
     def get_metrics() -> Response:
         """Prometheus text format, summed over every worker of the server."""

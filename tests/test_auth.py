@@ -15,7 +15,7 @@ from engine.config import Settings
 from engine.models import ApiKey
 from engine.runtime import Runtime
 
-PUBLIC = {"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+PUBLIC = {"/healthz", "/livez", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 
 
 def _allowed_roles(route: APIRoute) -> tuple[str, ...] | None:
