@@ -116,11 +116,7 @@ def plots(result: dict[str, Any], out: Path) -> None:
     right.set(xlabel="workers", ylabel="ms", title="Decision latency", yscale="log")
     for axis in (left, right):
         axis.set_xticks([1, 2, 4])
-        axis.legend(fontsize=8)
-        axis.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(out / "scale-http.png", dpi=110)
-    plt.close(figure)
+    _save(figure, (left, right), out / "scale-http.png")
 
     compiled = [v for k, v in result["compile"].items() if k.isdigit()]
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
@@ -134,12 +130,7 @@ def plots(result: dict[str, Any], out: Path) -> None:
     for r in compiled:
         right.annotate(f"{r['events']:,} events", (r["cells"], r["compile_s"]), fontsize=7)
     right.set(xlabel="stored cells", ylabel="seconds", title="Against cells")
-    for axis in (left, right):
-        axis.legend(fontsize=8)
-        axis.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(out / "scale-compile.png", dpi=110)
-    plt.close(figure)
+    _save(figure, (left, right), out / "scale-compile.png")
 
     memory = [v for k, v in result["memory"].items() if k.isdigit()]
     figure, axis = plt.subplots(figsize=(6, 4))
@@ -153,10 +144,17 @@ def plots(result: dict[str, Any], out: Path) -> None:
         label="after decisions",
     )
     axis.set(xlabel="stored cells", ylabel="RSS MiB", title="Memory of one worker")
-    axis.legend(fontsize=8)
-    axis.grid(alpha=0.3)
+    _save(figure, (axis,), out / "scale-memory.png")
+
+
+def _save(figure: Any, axes: tuple[Any, ...], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    for axis in axes:
+        axis.legend(fontsize=8)
+        axis.grid(alpha=0.3)
     figure.tight_layout()
-    figure.savefig(out / "scale-memory.png", dpi=110)
+    figure.savefig(path, dpi=110)
     plt.close(figure)
 
 

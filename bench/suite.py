@@ -45,7 +45,6 @@ import os
 import platform
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -67,6 +66,7 @@ sys.path.insert(0, str(ROOT))
 from bench import report  # noqa: E402
 from bench.decide import TREE, customer_ids  # noqa: E402
 from bench.ingest import PG_SERVER, batch_api, csv_import, database, write_events  # noqa: E402
+from bench.serving import server  # noqa: E402
 from engine import catalog as catalog_module  # noqa: E402
 from engine import stats  # noqa: E402
 from engine.config import Settings  # noqa: E402
@@ -278,26 +278,6 @@ def compile_times(url: str, repeat: int) -> dict[str, Any]:
 # Servers and wrk -------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def workers_of(pid: int) -> list[int]:
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    if not children.exists():
-        return []
-    out = []
-    for child in children.read_text().split():
-        try:
-            if b"resource_tracker" not in Path(f"/proc/{child}/cmdline").read_bytes():
-                out.append(int(child))
-        except OSError:
-            continue
-    return out
-
-
 def rss_mib(pid: int) -> float:
     status = Path(f"/proc/{pid}/status").read_text()
     found = re.search(r"VmRSS:\s*(\d+) kB", status)
@@ -333,9 +313,12 @@ def measured(pids: list[int], run: Any, *, database_cpu: bool) -> dict[str, Any]
     """``run()`` (a wrk run) and the CPU its requests cost the workers (and PostgreSQL)."""
     pg = postgres_pids() if database_cpu else []
     pg_before = cpu_seconds_alive(pg)
-    before = cpu_seconds(pids)
+    before = cpu_seconds_alive(pids)
     result: dict[str, Any] = run()
-    used = cpu_seconds(pids) - before
+    used = cpu_seconds_alive(pids) - before
+    # uvicorn restarts a worker that misses its health check (it happens on an overloaded machine):
+    # the CPU of a worker that ended is lost, so the figure is then marked.
+    result["workers_ended_during_run"] = sum(not Path(f"/proc/{pid}").exists() for pid in pids)
     result["worker_cpu_ms_per_request"] = round(1000 * used / max(result["requests"], 1), 3)
     if database_cpu:
         spent = cpu_seconds_alive(pg) - pg_before
@@ -351,41 +334,6 @@ def cpu_seconds_alive(pids: list[int]) -> float:
         except OSError:  # ended meanwhile
             continue
     return total
-
-
-@contextmanager
-def server(url: str, workers: int) -> Iterator[dict[str, Any]]:
-    """``nextbest serve --workers N``: yields its port and the pids of its worker processes."""
-    import httpx
-
-    port = free_port()
-    env = {**os.environ, "NEXTBEST_DATABASE_URL": url, "PYTHONPATH": str(ROOT)}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    command = [sys.executable, str(ROOT / "cli.py"), "serve", "--port", str(port)]
-    process = subprocess.Popen(
-        [*command, "--workers", str(workers)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            pids = workers_of(process.pid) if workers > 1 else [process.pid]
-            try:
-                up = httpx.get(f"http://127.0.0.1:{port}/livez", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                up = False
-            if up and len(pids) == workers:
-                break
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the server did not start")
-            time.sleep(0.2)
-        yield {"port": port, "pids": pids}
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
 
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
@@ -458,7 +406,7 @@ def http_run(
             ),
             database_cpu=pg,
         )
-        rss = [rss_mib(pid) for pid in running["pids"]]
+        rss = [rss_mib(pid) for pid in running["pids"] if Path(f"/proc/{pid}").exists()]
     logged = int(scalar(db["url"], "SELECT count(*) FROM decisions")) - before
     ok = decided["requests"] - decided["non_2xx"]
     return {
