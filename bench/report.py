@@ -20,9 +20,10 @@ def markdown(result: dict[str, Any]) -> str:
         "## Decisions over HTTP (wrk on loopback, 32 connections)",
         "",
         "| database | workers | decisions/s | p50 ms | p99 ms | /livez req/s | ratio | "
+        "/healthz req/s | ratio | "
         "worker CPU ms per decision | per /livez | PostgreSQL CPU ms per decision | "
         "RSS per worker MiB | all logged | load avg |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in result["http"].values():
         decided, trivial = run["decisions"], run["trivial_livez"]
@@ -30,6 +31,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {run['kind']} | {run['workers']} | {run['decisions_per_s']} | "
             f"{decided['p50_ms']} | {decided['p99_ms']} | "
             f"{trivial['requests_per_s']} | {run['ratio_to_trivial']} | "
+            f"{run['healthz']['requests_per_s']} | {run['ratio_to_healthz']} | "
             f"{decided['worker_cpu_ms_per_request']} | {trivial['worker_cpu_ms_per_request']} | "
             f"{decided.get('postgres_cpu_ms_per_request', '-')} | "
             f"{', '.join(str(x) for x in run['worker_rss_mib'])} | {run['all_logged']} | "

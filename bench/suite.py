@@ -15,12 +15,13 @@ of each phase. What is measured, and how:
    100k-event PostgreSQL database, loaded on loopback by wrk (one thread, keep-alive connections, a
    Lua script that posts decisions for stored customers picked at random). In the same server
    configuration, right before, wrk on GET /livez (no database, no work: the ceiling of the HTTP
-   stack). Decisions/s, p50/p99 from wrk's latency distribution, the ratio decisions/s : /livez
-   requests/s, the RSS of each worker afterwards, and the check that the decisions table grew by
-   exactly the number of 201 answers. CPU per request: the user + system time the worker processes
-   (and, on PostgreSQL, every postgres process of the machine, other users' included) spent during
-   a wrk run, divided by its requests: unlike requests/s, it hardly depends on what else the shared
-   cores run.
+   stack; the target ratio is against it) and on GET /healthz (a session and a SELECT 1: a trivial
+   endpoint that touches the database, reported beside it). Decisions/s, p50/p99 from wrk's latency
+   distribution, the ratio decisions/s : /livez requests/s, the RSS of each worker afterwards, and
+   the check that the decisions table grew by exactly the number of 201 answers. CPU per request:
+   the user + system time the worker processes (and, on PostgreSQL, every postgres process of the
+   machine, other users' included) spent during a wrk run, divided by its requests: unlike
+   requests/s, it hardly depends on what else the shared cores run.
 3. Rule compilation against events. Compile time (the statistics load, then rules.compiler) on
    the SQLite databases of 10k, 100k and 1M really imported events, and on a 10M-event database:
    10M events do not import in this time budget, so that database is a copy of the 1M one whose
@@ -397,6 +398,11 @@ def http_run(
             lambda: wrk(f"{base}/livez", seconds=seconds, connections=connections),
             database_cpu=False,
         )
+        healthz = measured(
+            pids,
+            lambda: wrk(f"{base}/healthz", seconds=seconds, connections=connections),
+            database_cpu=False,
+        )
         wrk(f"{base}/v1/decisions", seconds=warmup, connections=connections, script=script)
         before = int(scalar(db["url"], "SELECT count(*) FROM decisions"))
         decided = measured(
@@ -414,9 +420,11 @@ def http_run(
         "connections": connections,
         "load_average_at_start": load_at_start,
         "trivial_livez": trivial,
+        "healthz": healthz,
         "decisions": decided,
         "decisions_per_s": decided["requests_per_s"],
         "ratio_to_trivial": round(decided["requests_per_s"] / trivial["requests_per_s"], 3),
+        "ratio_to_healthz": round(decided["requests_per_s"] / healthz["requests_per_s"], 3),
         "worker_rss_mib": rss,
         "logged": logged,
         "all_logged": logged >= ok and decided["non_2xx"] == 0,
