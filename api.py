@@ -39,7 +39,7 @@ from engine import (
     triples,
 )
 from engine.config import Settings
-from engine.db import migrate
+from engine.db import migrate, read_connection
 from engine.errors import NextbestError, TooLarge
 from engine.models import utcnow
 from engine.runtime import Runtime
@@ -376,9 +376,12 @@ async def _maintenance(runtime: Runtime) -> None:
 
 def _install_routes(app: FastAPI) -> None:
     @app.get("/healthz", tags=["operations"])
-    def healthz(session: SessionDep) -> dict[str, str]:
-        session.execute(text("SELECT 1"))
-        return {"status": "ok", "database": session.get_bind().dialect.name}
+    def healthz(runtime: RuntimeDep) -> dict[str, str]:
+        # Readiness: one statement outside any transaction. A request session on SQLite begins
+        # IMMEDIATE (the write lock), which a health check has no reason to take.
+        with read_connection(runtime.engine) as connection:
+            connection.execute(text("SELECT 1"))
+        return {"status": "ok", "database": runtime.engine.dialect.name}
 
     # Outcome scale
     @app.get("/v1/outcome-scale", tags=["catalog"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -50,6 +51,7 @@ def server(url: str, workers: int) -> Iterator[dict[str, Any]]:
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: the workers can be ended with it
     )
     try:
         deadline = time.monotonic() + 120
@@ -67,4 +69,8 @@ def server(url: str, workers: int) -> Iterator[dict[str, Any]]:
         yield {"port": port, "pids": pids}
     finally:
         process.terminate()
-        process.wait(timeout=60)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # not stopped in a minute: end it and its workers
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)

@@ -223,3 +223,13 @@ def test_multiprocess_exposition_sums_the_workers_and_drops_dead_gauges(tmp_path
             os.environ[metrics.ENV] = env_before
     assert value(left, "nextbest_experiment_assignments_total", experiment="exp", arm="a") == 5
     assert not [n for (n, _) in samples(left) if n == "nextbest_active_ruleset_version"]
+
+
+def test_healthz_reads_the_database_without_holding_the_write_lock(
+    client: TestClient, runtime: Runtime
+) -> None:
+    with runtime.engine.connect() as connection:
+        connection.exec_driver_sql("SELECT 1")  # begins a transaction: on SQLite, the write lock
+        response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json()["database"] == runtime.engine.dialect.name
