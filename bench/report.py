@@ -130,7 +130,8 @@ def plots(result: dict[str, Any], out: Path) -> None:
     right.plot(cells, [r["compile_s"] for r in compiled], "o-", label="compile")
     right.plot(cells, [r["stats_load_s"] for r in compiled], "s--", label="statistics load")
     for r in compiled:
-        right.annotate(f"{r['events']:,} events", (r["cells"], r["compile_s"]), fontsize=7)
+        label = f"{r['events']:,} events, {r['customers']:,} customers"
+        right.annotate(label, (r["cells"], r["compile_s"]), fontsize=7)
     right.set(xlabel="stored cells", ylabel="seconds", title="Against cells")
     _save(figure, (left, right), out / "scale-compile.png")
 
