@@ -39,12 +39,13 @@ from engine import (
     evaluation,
     history,
     insights,
+    metrics,
     override_insights,
     overrides,
     triples,
 )
 from engine.config import Settings
-from engine.db import migrate
+from engine.db import migrate, read_connection
 from engine.errors import NextbestError, TooLarge
 from engine.models import utcnow
 from engine.ratelimit import RateLimiter, retry_after_header
@@ -395,6 +396,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         start(runtime)
+        metrics.worker_started()
         upkeep = asyncio.create_task(_maintenance(runtime))
         try:
             yield
@@ -403,6 +405,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             with suppress(asyncio.CancelledError):
                 await upkeep
             runtime.close(release_engine=owned)
+            metrics.worker_stopped()
 
     app = FastAPI(
         title="nextbest",
@@ -414,10 +417,12 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.state.runtime = runtime
     app.state.rate_limiter = RateLimiter(per_minute=settings.rate_limit_per_minute)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(metrics.HttpMetrics)  # outermost: it sees every answer, 413s included
     _install_error_handlers(app)
     _install_routes(app)
     _install_openapi_links(app)
     web.install(app, settings)
+    _install_operations_routes(app)
     return app
 
 
@@ -549,9 +554,12 @@ async def _maintenance(runtime: Runtime) -> None:
 
 def _install_routes(app: FastAPI) -> None:
     @app.get("/healthz", tags=["operations"])
-    def healthz(session: SessionDep) -> dict[str, str]:
-        session.execute(text("SELECT 1"))
-        return {"status": "ok", "database": session.get_bind().dialect.name}
+    def healthz(runtime: RuntimeDep) -> dict[str, str]:
+        # Readiness: one statement outside any transaction. A request session on SQLite begins
+        # IMMEDIATE (the write lock), which a health check has no reason to take.
+        with read_connection(runtime.engine) as connection:
+            connection.execute(text("SELECT 1"))
+        return {"status": "ok", "database": runtime.engine.dialect.name}
 
     # Outcome scale
     @app.get("/v1/outcome-scale", tags=["catalog"])
@@ -1186,6 +1194,35 @@ PLOT_TITLES = {
     "allocation": "allocation over time",
     "cumulative": "cumulative realised value",
 }
+# Operations: liveness and metrics ---------------------------------------------------------------
+
+
+class MetricsReader(Allow):
+    """/metrics needs a service or admin key unless ``metrics_public`` is set: the counters name
+    experiments and arms and show the business's traffic."""
+
+    async def __call__(self, request: Request) -> Principal | None:  # type: ignore[override]
+        runtime: Runtime = request.app.state.runtime
+        if runtime.settings.metrics_public:
+            return None
+        return await super().__call__(request)
+
+
+def _install_operations_routes(app: FastAPI) -> None:
+    @app.get("/livez", tags=["operations"])
+    async def livez() -> dict[str, str]:
+        """Liveness: the worker answers (no database round trip; /healthz checks the database)."""
+        return {"status": "ok"}
+
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        response_class=Response,
+        dependencies=[Depends(MetricsReader("service"))],
+    )
+    def get_metrics() -> Response:
+        """Prometheus text format, summed over every worker of the server."""
+        return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)
 
 
 def _mark_replay(response: Response, *, created: bool) -> None:

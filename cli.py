@@ -71,9 +71,36 @@ def serve(
     # Workers must sign the consoles' session cookies with one key: a per-process key would end
     # a session whenever a request lands on another worker.
     os.environ.setdefault("NEXTBEST_SESSION_SECRET", secrets.token_urlsafe(32))
-    uvicorn.run(
-        "api:app_from_env", factory=True, host=host, port=port, workers=workers, log_level="info"
-    )
+    with _metrics_directory():
+        uvicorn.run(
+            "api:app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level="info",
+        )
+
+
+@contextmanager
+def _metrics_directory() -> Iterator[None]:
+    """The directory where the workers keep their Prometheus samples (engine.metrics), emptied
+    before they start: PROMETHEUS_MULTIPROC_DIR if set, else a temporary one removed at exit. Set
+    before anything imports prometheus_client, which reads it on import."""
+    import shutil
+    import tempfile
+
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    directory = Path(given or tempfile.mkdtemp(prefix="nextbest-metrics-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    for old in directory.glob("*.db"):
+        old.unlink(missing_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    try:
+        yield
+    finally:
+        if not given:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 @app.command()

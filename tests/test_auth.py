@@ -22,7 +22,7 @@ from engine.ratelimit import RateLimiter
 from engine.runtime import Runtime
 from tests.conftest import ROLE_KEYS
 
-PUBLIC = {"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+PUBLIC = {"/healthz", "/livez", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 
 
 def _allowed_roles(route: APIRoute) -> tuple[str, ...] | None:
