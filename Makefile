@@ -30,10 +30,13 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# The scaling benchmark (under 15 minutes on 2 cores): results, tables and plots in bench/results/.
+# It loads the server with wrk (Debian's package). bench/ingest.py, bench/decide.py, bench/rules.py,
+# bench/experiments.py and bench/pages.py are the finer benchmarks, run on their own.
 bench: $(STAMP)
-	$(BIN)/python bench/ingest.py
-	$(BIN)/python bench/decide.py
-	$(BIN)/python bench/pages.py --out bench/results/pages.json
+	@command -v wrk >/dev/null || apt-get install -y wrk || \
+		{ echo "bench needs wrk: apt-get install -y wrk"; exit 1; }
+	$(BIN)/python bench/suite.py
 
 clean:
 	rm -rf $(VENV) nextbest.db nextbest.db-wal nextbest.db-shm

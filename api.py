@@ -20,8 +20,9 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -29,6 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import web
 from engine import (
+    audit,
     auth,
     catalog,
     customer_value,
@@ -37,14 +39,16 @@ from engine import (
     evaluation,
     history,
     insights,
+    metrics,
     override_insights,
     overrides,
     triples,
 )
 from engine.config import Settings
-from engine.db import migrate
+from engine.db import migrate, read_connection
 from engine.errors import NextbestError, TooLarge
 from engine.models import utcnow
+from engine.ratelimit import RateLimiter, retry_after_header
 from engine.runtime import Runtime
 from engine.schemas import (
     ApiKeyCreate,
@@ -52,6 +56,8 @@ from engine.schemas import (
     ApiKeyPublic,
     AttributeSpecsIn,
     AttributeSpecsPublic,
+    AuditEventPublic,
+    AuditEventsPublic,
     BatchPublic,
     CustomerHistory,
     CustomerIn,
@@ -62,6 +68,7 @@ from engine.schemas import (
     DecayPublic,
     DecisionIn,
     DecisionPublic,
+    ErrorBody,
     EvaluateIn,
     EventIn,
     EventPublic,
@@ -145,6 +152,7 @@ class Allow:
         checked = runtime.keys.get(key) or await run_in_threadpool(_check_key, runtime, key)
         if checked is None:
             raise _AuthError(401, "unauthenticated", "the API key is unknown or revoked")
+        _rate_limit(request, checked.id)
         if checked.role != "admin" and checked.role not in self.roles:
             raise _AuthError(
                 403,
@@ -161,8 +169,27 @@ def _check_key(runtime: Runtime, key: str) -> auth.CheckedKey | None:
 
 
 class _AuthError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
         self.status, self.code, self.message = status, code, message
+        self.headers = headers or {}
+
+
+# Rate limit ------------------------------------------------------------------------------------
+
+
+def _rate_limit(request: Request, key_id: int) -> None:
+    """429 with Retry-After once a key has spent its tokens on this worker (engine.ratelimit)."""
+    limiter: RateLimiter = request.app.state.rate_limiter
+    wait = limiter.take(key_id)
+    if wait > 0:
+        raise _AuthError(
+            429,
+            "rate_limited",
+            f"this API key may make {limiter.per_minute} requests a minute; retry in {wait:.1f} s",
+            headers={"Retry-After": retry_after_header(wait)},
+        )
 
 
 ANY_ROLE: tuple[Role, ...] = ("agent", "marketer", "service")
@@ -199,6 +226,10 @@ def get_session(runtime: RuntimeDep) -> Iterator[Session]:
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
+MAX_ROW_ID = 2**31 - 1
+"""Integer ids are 32-bit columns on PostgreSQL: a larger one is a 422, not a driver error."""
+RowId = Annotated[int, Path(ge=1, le=MAX_ROW_ID)]
+
 
 # Errors and limits -----------------------------------------------------------------------------
 
@@ -219,6 +250,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(_AuthError)
     async def auth_error(_: Request, error: _AuthError) -> JSONResponse:
         response = _error(error.status, error.code, error.message)
+        response.headers.update(error.headers)
         if error.status == 401:
             response.headers["WWW-Authenticate"] = "Bearer"
         return response
@@ -235,6 +267,17 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http(_: Request, error: StarletteHTTPException) -> JSONResponse:
+        if error.status_code == 413:
+            return _error(413, "too_large", str(error.detail), "body")
+        if error.status_code == 400 and error.__cause__ is not None:
+            # FastAPI could not parse the body (bytes that are not UTF-8, JSON nested deeper than
+            # Python's recursion limit): a bad body like any other, named as such.
+            problem = (
+                "is nested too deeply"
+                if isinstance(error.__cause__, RecursionError)
+                else f"cannot be read as JSON ({type(error.__cause__).__name__})"
+            )
+            return _error(422, "invalid", f"the request body {problem}", "body")
         code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "error")
         return _error(error.status_code, code, str(error.detail))
 
@@ -242,6 +285,19 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def integrity(_: Request, error: IntegrityError) -> JSONResponse:
         log.warning("integrity error: %s", error.orig)
         return _error(409, "conflict", "the request conflicts with a concurrent change; retry it")
+
+    @app.exception_handler(DataError)
+    async def data(request: Request, error: DataError) -> JSONResponse:
+        # A value the database cannot store that validation let through (a NUL in a path or
+        # query parameter, say): bad input, not a server fault.
+        log.warning("value refused by the database: %s", str(error.orig).splitlines()[0])
+        field = None
+        if "\x00" in request.url.path:
+            field = "path"
+        elif "%00" in request.url.query:
+            field = "query"
+        problem = "text cannot contain NUL characters" if "NUL" in str(error.orig) else "invalid"
+        return _error(422, "invalid", f"a value cannot be stored: {problem}", field)
 
     @app.exception_handler(OperationalError)
     async def operational(_: Request, error: OperationalError) -> JSONResponse:
@@ -280,7 +336,9 @@ class BodyLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
-                raise TooLarge(self._too_large()["error"]["message"], field="body")
+                # An HTTPException passes through FastAPI's body parsing (any other error there
+                # becomes a 400); the handler below answers it as too_large on the body.
+                raise StarletteHTTPException(413, self._too_large()["error"]["message"])
             return message
 
         await self.app(scope, limited, send)
@@ -310,6 +368,23 @@ async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
+# Every route may answer these; declared once so that the OpenAPI states them (and FastAPI's own
+# 422 model, which is not the shape we send, is not declared).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in {
+        401: "No Authorization: Bearer <key>, or the key is unknown or revoked",
+        403: "The key's role may not call this route",
+        404: "Unknown customer, decision, experience, key, rule set or route",
+        409: "Conflict: exists already, recorded already, or a concurrent change (retry)",
+        413: "Body over max_body_bytes, or a batch over max_batch_rows",
+        422: "The request fails validation; field names the input at fault",
+        429: "The key's rate limit is spent; see Retry-After",
+        503: "The database is busy or unreachable; retry shortly",
+    }.items()
+}
+
+
 # App -------------------------------------------------------------------------------------------
 
 
@@ -321,6 +396,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         start(runtime)
+        metrics.worker_started()
         upkeep = asyncio.create_task(_maintenance(runtime))
         try:
             yield
@@ -329,19 +405,104 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             with suppress(asyncio.CancelledError):
                 await upkeep
             runtime.close(release_engine=owned)
+            metrics.worker_stopped()
 
     app = FastAPI(
         title="nextbest",
         version="1",
         summary="Rules-and-experiments decision engine for customer retention",
         lifespan=lifespan,
+        responses=ERROR_RESPONSES,
     )
     app.state.runtime = runtime
+    app.state.rate_limiter = RateLimiter(per_minute=settings.rate_limit_per_minute)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(metrics.HttpMetrics)  # outermost: it sees every answer, 413s included
     _install_error_handlers(app)
     _install_routes(app)
+    _install_openapi_links(app)
     web.install(app, settings)
+    _install_operations_routes(app)
     return app
+
+
+# OpenAPI links --------------------------------------------------------------------------------
+
+OPENAPI_LINKS: tuple[tuple[str, str, str, str, str, dict[str, str]], ...] = (
+    # (from path, method, status, to path, method, {parameter: runtime expression})
+    *(
+        ("/v1/decisions", "post", "201", to, "post", {"decision_id": "$response.body#/decision_id"})
+        for to in ("/v1/decisions/{decision_id}/override", "/v1/decisions/{decision_id}/reaction")
+    ),
+    *(
+        ("/v1/rulesets:compile", "post", "201", to, method, {"version": "$response.body#/version"})
+        for to, method in (
+            ("/v1/rulesets/{version}", "get"),
+            ("/v1/rulesets/{version}:activate", "post"),
+            ("/v1/rulesets/{version}:evaluate", "post"),
+        )
+    ),
+    *(
+        ("/v1/guardrails", "post", "201", to, method, {"guardrail_id": "$response.body#/id"})
+        for to, method in (
+            ("/v1/guardrails/{guardrail_id}", "get"),
+            ("/v1/guardrails/{guardrail_id}:deactivate", "post"),
+        )
+    ),
+    *(
+        ("/v1/experiences", "post", "201", to, method, {"key": "$response.body#/key"})
+        for to, method in (
+            ("/v1/experiences/{key}", "get"),
+            ("/v1/experiences/{key}", "patch"),
+            ("/v1/experiences/{key}:deactivate", "post"),
+        )
+    ),
+    (
+        "/v1/keys",
+        "post",
+        "201",
+        "/v1/keys/{key_id}:revoke",
+        "post",
+        {"key_id": "$response.body#/id"},
+    ),
+    *(
+        (
+            "/v1/customers/{customer_id}",
+            "put",
+            status,
+            "/v1/customers/{customer_id}",
+            "get",
+            {"customer_id": "$response.body#/id"},
+        )
+        for status in ("200", "201")
+    ),
+)
+"""What one answer lets a client call next, documented in the OpenAPI (and usable by tools that
+follow links, such as schemathesis's stateful mode)."""
+
+
+def _install_openapi_links(app: FastAPI) -> None:
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        paths = schema["paths"]
+        for source, method, status, target, target_method, parameters in OPENAPI_LINKS:
+            if source not in paths or target not in paths:
+                continue
+            response = paths[source][method]["responses"].setdefault(status, {})
+            operation_id = paths[target][target_method]["operationId"]
+            link: dict[str, Any] = {"operationId": operation_id}
+            if parameters:
+                link["parameters"] = parameters
+            else:  # the id goes in the body of the next call
+                link["requestBody"] = {"decision_id": "$response.body#/decision_id"}
+            response.setdefault("links", {})[operation_id] = link
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def app_from_env() -> FastAPI:
@@ -393,9 +554,12 @@ async def _maintenance(runtime: Runtime) -> None:
 
 def _install_routes(app: FastAPI) -> None:
     @app.get("/healthz", tags=["operations"])
-    def healthz(session: SessionDep) -> dict[str, str]:
-        session.execute(text("SELECT 1"))
-        return {"status": "ok", "database": session.get_bind().dialect.name}
+    def healthz(runtime: RuntimeDep) -> dict[str, str]:
+        # Readiness: one statement outside any transaction. A request session on SQLite begins
+        # IMMEDIATE (the write lock), which a health check has no reason to take.
+        with read_connection(runtime.engine) as connection:
+            connection.execute(text("SELECT 1"))
+        return {"status": "ok", "database": runtime.engine.dialect.name}
 
     # Outcome scale
     @app.get("/v1/outcome-scale", tags=["catalog"])
@@ -516,7 +680,7 @@ def _install_routes(app: FastAPI) -> None:
         session: SessionDep,
         _: AnyRole,
         limit: Annotated[int, Query(ge=1, le=200)] = 50,
-        before: Annotated[int | None, Query(ge=1)] = None,
+        before: Annotated[int | None, Query(ge=1, le=MAX_ROW_ID)] = None,
     ) -> RulesetsPublic:
         rows = versions.list_versions(session=session, limit=limit + 1, before=before)
         more = len(rows) > limit
@@ -527,16 +691,14 @@ def _install_routes(app: FastAPI) -> None:
         )
 
     @app.get("/v1/rulesets/{version}", tags=["rules"])
-    def get_ruleset(
-        version: Annotated[int, Path(ge=1)], session: SessionDep, _: AnyRole
-    ) -> RulesetPublic:
+    def get_ruleset(version: RowId, session: SessionDep, _: AnyRole) -> RulesetPublic:
         row = versions.get_version(session=session, version=version)
         return RulesetPublic.model_validate(row, from_attributes=True)
 
     @app.get("/v1/rulesets/{a}/diff/{b}", tags=["rules"])
     def diff_rulesets(
-        a: Annotated[int, Path(ge=1)],
-        b: Annotated[int, Path(ge=1)],
+        a: RowId,
+        b: RowId,
         session: SessionDep,
         _: AnyRole,
     ) -> RulesetDiff:
@@ -548,15 +710,13 @@ def _install_routes(app: FastAPI) -> None:
         )
 
     @app.post("/v1/rulesets/{version}:activate", tags=["rules"])
-    def activate_ruleset(
-        version: Annotated[int, Path(ge=1)], session: SessionDep, who: Marketer
-    ) -> RulesetPublic:
+    def activate_ruleset(version: RowId, session: SessionDep, who: Marketer) -> RulesetPublic:
         row = versions.activate(session=session, version=version, actor=who.actor)
         return RulesetPublic.model_validate(row, from_attributes=True)
 
     @app.post("/v1/rulesets/{version}:evaluate", tags=["rules"])
     def evaluate_ruleset(
-        version: Annotated[int, Path(ge=1)],
+        version: RowId,
         session: SessionDep,
         runtime: RuntimeDep,
         _: Marketer,
@@ -595,15 +755,13 @@ def _install_routes(app: FastAPI) -> None:
         )
 
     @app.get("/v1/guardrails/{guardrail_id}", tags=["rules"])
-    def get_guardrail(
-        guardrail_id: Annotated[int, Path(ge=1)], session: SessionDep, _: AnyRole
-    ) -> GuardrailPublic:
+    def get_guardrail(guardrail_id: RowId, session: SessionDep, _: AnyRole) -> GuardrailPublic:
         row = guardrails.get_guardrail(session=session, guardrail_id=guardrail_id)
         return GuardrailPublic.model_validate(guardrails.public(row))
 
     @app.post("/v1/guardrails/{guardrail_id}:deactivate", tags=["rules"])
     def deactivate_guardrail(
-        guardrail_id: Annotated[int, Path(ge=1)], session: SessionDep, who: Marketer
+        guardrail_id: RowId, session: SessionDep, who: Marketer
     ) -> GuardrailPublic:
         row = guardrails.deactivate_guardrail(
             session=session, guardrail_id=guardrail_id, actor=who.actor
@@ -649,7 +807,7 @@ def _install_routes(app: FastAPI) -> None:
             ),
         ] = None,
         days: Annotated[float, Query(gt=0, le=3650)] = 90.0,
-        where: Annotated[str | None, Query(max_length=2000)] = None,
+        where: Annotated[str | None, Query(min_length=1, max_length=2000)] = None,
         clip: Annotated[float | None, Query(ge=1, le=1e6)] = None,
     ) -> PolicyValue:
         return _policy_value(
@@ -746,9 +904,13 @@ def _install_routes(app: FastAPI) -> None:
         report = history.customer_history(session=session, customer_id=customer_id, limit=limit)
         return CustomerHistory.model_validate(report)
 
-    @app.put("/v1/customers/{customer_id}", tags=["customers"])
+    @app.put(
+        "/v1/customers/{customer_id}",
+        tags=["customers"],
+        responses={201: {"model": CustomerPublic, "description": "Created"}},
+    )
     def put_customer(
-        customer_id: Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[^\s/]+$")],
+        customer_id: Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[^\s/\x00]+$")],
         body: CustomerIn,
         session: SessionDep,
         runtime: RuntimeDep,
@@ -765,7 +927,7 @@ def _install_routes(app: FastAPI) -> None:
         return CustomerPublic.model_validate(row, from_attributes=True)
 
     # Triples
-    @app.post("/v1/events", status_code=201, tags=["triples"])
+    @app.post("/v1/events", status_code=201, tags=["triples"], responses=_replayed(EventPublic))
     def post_event(
         body: EventIn, session: SessionDep, runtime: RuntimeDep, _: Service, response: Response
     ) -> EventPublic:
@@ -802,7 +964,12 @@ def _install_routes(app: FastAPI) -> None:
         # commit of its log entry); the service manages its own connections.
         return await run_in_threadpool(decisions.decide, runtime=runtime, decision_in=body)
 
-    @app.post("/v1/decisions/{decision_id}/override", status_code=201, tags=["decisions"])
+    @app.post(
+        "/v1/decisions/{decision_id}/override",
+        status_code=201,
+        tags=["decisions"],
+        responses=_replayed(OverridePublic),
+    )
     def override_decision(
         decision_id: str,
         body: OverrideIn,
@@ -821,7 +988,12 @@ def _install_routes(app: FastAPI) -> None:
         _mark_replay(response, created=created)
         return row
 
-    @app.post("/v1/decisions/{decision_id}/reaction", status_code=201, tags=["decisions"])
+    @app.post(
+        "/v1/decisions/{decision_id}/reaction",
+        status_code=201,
+        tags=["decisions"],
+        responses=_replayed(ReactionPublic),
+    )
     def record_reaction(
         decision_id: str, body: ReactionIn, session: SessionDep, _: Decider, response: Response
     ) -> ReactionPublic:
@@ -831,7 +1003,9 @@ def _install_routes(app: FastAPI) -> None:
         _mark_replay(response, created=created)
         return row
 
-    @app.post("/v1/outcomes", status_code=201, tags=["decisions"])
+    @app.post(
+        "/v1/outcomes", status_code=201, tags=["decisions"], responses=_replayed(OutcomePublic)
+    )
     def post_outcome(
         body: OutcomeIn, session: SessionDep, runtime: RuntimeDep, _: Decider, response: Response
     ) -> OutcomePublic:
@@ -840,6 +1014,8 @@ def _install_routes(app: FastAPI) -> None:
         )
         _mark_replay(response, created=created)
         return outcome
+
+    _install_audit_routes(app)
 
     # Keys
     @app.get("/v1/keys", tags=["admin"])
@@ -856,11 +1032,51 @@ def _install_routes(app: FastAPI) -> None:
 
     @app.post("/v1/keys/{key_id}:revoke", tags=["admin"])
     def revoke_key(
-        key_id: int, session: SessionDep, runtime: RuntimeDep, who: Admin
+        key_id: RowId, session: SessionDep, runtime: RuntimeDep, who: Admin
     ) -> ApiKeyPublic:
         row = auth.revoke_key(session=session, key_id=key_id, actor=who.actor)
         runtime.keys.clear()
         return ApiKeyPublic.model_validate(row, from_attributes=True)
+
+
+# Audit -----------------------------------------------------------------------------------------
+
+
+def _install_audit_routes(app: FastAPI) -> None:
+    @app.get("/v1/audit", tags=["admin"])
+    def list_audit(
+        session: SessionDep,
+        _: Admin,
+        entity: Annotated[str | None, Query(max_length=64, description="e.g. experience")] = None,
+        entity_id: Annotated[str | None, Query(max_length=200)] = None,
+        actor: Annotated[str | None, Query(max_length=200, description="role:name")] = None,
+        action: Annotated[str | None, Query(max_length=64, description="e.g. update")] = None,
+        since: Annotated[dt.datetime | None, Query(description="At or after (UTC)")] = None,
+        until: Annotated[dt.datetime | None, Query(description="Before (UTC)")] = None,
+        cursor: Annotated[str | None, Query(max_length=20)] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    ) -> AuditEventsPublic:
+        """The append-only trail of changes, newest first (admins only)."""
+        rows, next_cursor = audit.list_events(
+            session=session,
+            limit=limit,
+            cursor=cursor,
+            entity=entity,
+            entity_id=entity_id,
+            actor=actor,
+            action=action,
+            since=since,
+            until=until,
+        )
+        return AuditEventsPublic(
+            data=[AuditEventPublic.model_validate(r, from_attributes=True) for r in rows],
+            next_cursor=next_cursor,
+        )
+
+
+def _replayed(model: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    """The 200 of a route that answers a same-body repeat with the first answer."""
+    return {200: {"model": model, "description": "A repeat: the first answer, replayed"}}
 
 
 ExperimentKey = Annotated[str, Path(min_length=1, max_length=64)]
@@ -978,6 +1194,35 @@ PLOT_TITLES = {
     "allocation": "allocation over time",
     "cumulative": "cumulative realised value",
 }
+# Operations: liveness and metrics ---------------------------------------------------------------
+
+
+class MetricsReader(Allow):
+    """/metrics needs a service or admin key unless ``metrics_public`` is set: the counters name
+    experiments and arms and show the business's traffic."""
+
+    async def __call__(self, request: Request) -> Principal | None:  # type: ignore[override]
+        runtime: Runtime = request.app.state.runtime
+        if runtime.settings.metrics_public:
+            return None
+        return await super().__call__(request)
+
+
+def _install_operations_routes(app: FastAPI) -> None:
+    @app.get("/livez", tags=["operations"])
+    async def livez() -> dict[str, str]:
+        """Liveness: the worker answers (no database round trip; /healthz checks the database)."""
+        return {"status": "ok"}
+
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        response_class=Response,
+        dependencies=[Depends(MetricsReader("service"))],
+    )
+    def get_metrics() -> Response:
+        """Prometheus text format, summed over every worker of the server."""
+        return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)
 
 
 def _mark_replay(response: Response, *, created: bool) -> None:

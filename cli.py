@@ -71,9 +71,36 @@ def serve(
     # Workers must sign the consoles' session cookies with one key: a per-process key would end
     # a session whenever a request lands on another worker.
     os.environ.setdefault("NEXTBEST_SESSION_SECRET", secrets.token_urlsafe(32))
-    uvicorn.run(
-        "api:app_from_env", factory=True, host=host, port=port, workers=workers, log_level="info"
-    )
+    with _metrics_directory():
+        uvicorn.run(
+            "api:app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level="info",
+        )
+
+
+@contextmanager
+def _metrics_directory() -> Iterator[None]:
+    """The directory where the workers keep their Prometheus samples (engine.metrics), emptied
+    before they start: PROMETHEUS_MULTIPROC_DIR if set, else a temporary one removed at exit. Set
+    before anything imports prometheus_client, which reads it on import."""
+    import shutil
+    import tempfile
+
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    directory = Path(given or tempfile.mkdtemp(prefix="nextbest-metrics-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    for old in directory.glob("*.db"):
+        old.unlink(missing_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    try:
+        yield
+    finally:
+        if not given:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 @app.command()
@@ -651,6 +678,98 @@ def experiments_report(
     if report.conclusion:
         c = report.conclusion
         typer.echo(f"concluded by {c['by']} on {c['at'][:10]}: {c['decision']} ({c['note']})")
+
+
+# Reliability: verify, backup, restore ----------------------------------------------------------
+
+
+@app.command()
+def verify(
+    db: DbOption = None,
+    repair: Annotated[
+        bool, typer.Option(help="Replace drifted statistics by the replay of the log")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False,
+) -> None:
+    """Recompute the statistics from the result log and report every cell that drifted (exit 1
+    when one did and --repair was not given)."""
+    from sqlmodel import Session
+
+    from engine.integrity import verify as verify_cells
+
+    with _database(db) as engine, Session(engine, expire_on_commit=False) as session:
+        report = verify_cells(session=session, repair=repair)
+        session.commit()
+    if as_json:
+        typer.echo(json.dumps(report.as_dict(), default=str))
+    else:
+        typer.echo(
+            f"{report.results} results, {report.cells_stored} cells stored, "
+            f"{report.cells_replayed} from the replay: {len(report.drift)} drifted"
+        )
+        for cell in report.drift:
+            typer.echo(
+                f"  drift {cell.segment} x {cell.experience} x exposure {cell.exposure_bucket}"
+                f" x {cell.level}: stored count {cell.stored_count:.6g},"
+                f" replayed {cell.replayed_count:.6g}"
+            )
+        if report.repaired:
+            typer.echo(f"repaired {len(report.drift)} cells from the log")
+    if report.drift and not report.repaired:
+        raise typer.Exit(code=1)
+
+
+def _sqlite_file_operation(db: str | None, operation: Callable[[str], Any]) -> Any:
+    """Run ``operation(url)`` on a SQLite database; on PostgreSQL print how its own tools do it
+    (exit 2), and turn a refusal into an error message (exit 1)."""
+    from engine.backup import POSTGRES_HELP, sqlite_path
+    from engine.errors import NextbestError
+
+    url = _settings(db).database_url
+    if sqlite_path(url) is None:
+        typer.echo(POSTGRES_HELP)
+        raise typer.Exit(code=2)
+    try:
+        return operation(url)
+    except NextbestError as error:
+        raise _fail(error.message) from None
+
+
+@app.command()
+def backup(
+    path: Annotated[Path, typer.Argument(dir_okay=False, help="The backup file to write")],
+    db: DbOption = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing backup file")] = False,
+) -> None:
+    """Back up a SQLite database while the service runs (PostgreSQL: prints how with pg_dump)."""
+    from engine.backup import backup as backup_database
+
+    report = _sqlite_file_operation(
+        db, lambda url: backup_database(url=url, target=path, force=force)
+    )
+    typer.echo(
+        f"backed up to {report.path}: {report.bytes} bytes, {report.tables} tables, "
+        f"{report.results} results, integrity {report.integrity}"
+    )
+
+
+@app.command()
+def restore(
+    path: Annotated[Path, typer.Argument(dir_okay=False, help="The backup file to restore")],
+    db: DbOption = None,
+    force: Annotated[bool, typer.Option(help="Replace a database that holds data")] = False,
+) -> None:
+    """Restore a SQLite backup (stop the service first; PostgreSQL: prints how with
+    pg_restore)."""
+    from engine.backup import restore as restore_database
+
+    report = _sqlite_file_operation(
+        db, lambda url: restore_database(url=url, source=path, force=force)
+    )
+    typer.echo(
+        f"restored {report.path} from {path}: {report.tables} tables, {report.results} results, "
+        f"integrity {report.integrity}"
+    )
 
 
 def main() -> None:

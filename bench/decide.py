@@ -28,8 +28,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +37,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 from sqlalchemy import create_engine, text
 from sqlmodel import Session
@@ -47,6 +44,7 @@ from sqlmodel import Session
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import serving  # noqa: E402
 from bench.ingest import PG_SERVER, csv_import, database, write_events  # noqa: E402
 from engine import catalog  # noqa: E402
 from engine.config import Settings  # noqa: E402
@@ -176,38 +174,11 @@ def _refresh_ms(runtime: Runtime, repeat: int = 5) -> float:
 # HTTP ------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def server(url: str, workers: int) -> Iterator[int]:
     """``nextbest serve --workers N`` of this checkout; yields its port once it answers."""
-    port = _free_port()
-    env = {**os.environ, "NEXTBEST_DATABASE_URL": url, "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, str(ROOT / "cli.py"), "serve", "--port", str(port)]
-    process = subprocess.Popen(
-        [*command, "--workers", str(workers)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        else:
-            raise RuntimeError("the server did not start")
-        yield port
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    with serving.server(url, workers) as running:
+        yield running["port"]
 
 
 async def _connection(

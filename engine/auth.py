@@ -66,6 +66,15 @@ def ensure_key(*, session: Session, key: str, role: Role, name: str) -> ApiKey:
     if row is not None and row.revoked_at is None:
         return row
     if row is not None:
+        audit.record(
+            session,
+            actor="system",
+            action="reinstate",
+            entity="api_key",
+            entity_id=str(row.id),
+            before={"revoked_at": row.revoked_at},
+            after={"revoked_at": None},
+        )
         row.revoked_at = None
         session.add(row)
         return row

@@ -627,6 +627,9 @@ def rebase_if_due(*, session: Session, now: dt.datetime) -> bool:
     bump_catalog(session)
     session.refresh(state)
     new_epoch = _midnight(now)
+    if new_epoch == state.epoch:  # another worker re-based while this one waited for the lock
+        return False
+    before = {"half_life_days": state.half_life_days, "epoch": state.epoch.isoformat()}
     stats.scale_cells(
         session,
         stats.decay_factor(new_epoch, epoch=state.epoch, half_life_days=state.half_life_days),
@@ -634,6 +637,15 @@ def rebase_if_due(*, session: Session, now: dt.datetime) -> bool:
     state.epoch = new_epoch
     session.add(state)
     session.flush()
+    audit.record(
+        session,
+        actor="system:upkeep",
+        action="rebase",
+        entity="decay",
+        entity_id="1",
+        before=before,
+        after={"half_life_days": state.half_life_days, "epoch": new_epoch.isoformat()},
+    )
     return True
 
 

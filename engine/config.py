@@ -36,7 +36,12 @@ class Settings(BaseSettings):
         default=2000, ge=100, le=100_000, description="Joint posterior draws per decision"
     )
     stats_refresh_seconds: float = Field(
-        default=2.0, ge=0, description="Longest a worker serves statistics without re-reading"
+        default=2.0,
+        ge=0,
+        le=3600,
+        description="Bound on the staleness of a worker's cached statistics: no decision uses "
+        "cells read longer ago, so a result stored through any worker counts in every worker's "
+        "decisions within this time (0: re-check on every decision)",
     )
     auth_cache_seconds: float = Field(
         default=2.0,
@@ -60,11 +65,22 @@ class Settings(BaseSettings):
     max_batch_rows: int = Field(
         default=10_000, ge=1, description="Largest POST /v1/events:batch accepted (413 above)"
     )
+    rate_limit_per_minute: int = Field(
+        default=0,
+        ge=0,
+        description="Requests a minute each API key may make on each worker, with a burst of as "
+        "many (429 with Retry-After above; 0: no limit)",
+    )
     session_secret: str | None = Field(
         default=None,
         description="Key that signs the consoles' session cookies; when unset each process "
         "generates one at start (sessions then end with the process, and `nextbest serve` "
         "shares one generated secret among its workers)",
+    )
+    metrics_public: bool = Field(
+        default=False,
+        description="Serve GET /metrics without an API key (for a scraper on a private network); "
+        "by default it needs a service or admin key",
     )
     seed: int | None = Field(
         default=None, description="Seed of the decision sampler (reproducible runs and tests)"

@@ -22,7 +22,7 @@ from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
-from engine import posterior, prepared
+from engine import metrics, posterior, prepared
 from engine.catalog import Catalog, ExperienceInfo, Scale
 from engine.customers import clean_attributes
 from engine.decision_log import DecisionWrite
@@ -89,6 +89,7 @@ def decide(*, runtime: Runtime, decision_in: DecisionIn) -> DecisionPublic:
         runtime, catalog, decision_in.customer_id, attributes, keys, decision_in.channel
     )
     snapshot = runtime.stats(catalog)
+    metrics.observe_snapshot_age(runtime.age(snapshot))
     path = runtime.segment_path(catalog, attributes)
     alpha, net, cells, evidence = _posterior_cells(
         catalog,
@@ -165,6 +166,7 @@ def decide(*, runtime: Runtime, decision_in: DecisionIn) -> DecisionPublic:
         )
     )
     runtime.guardrails(None, catalog).chose(keys[chosen])
+    metrics.count_decision(source)
     mean = posterior.dirichlet_mean(alpha[chosen]).tolist()
     return DecisionPublic(
         decision_id=decision_id,
@@ -518,6 +520,7 @@ def record_outcome(
         )
     (stored,) = store_triples(session, catalog=catalog, triples=[triple])
     runtime.wrote_stats()
+    metrics.count_outcome(outcome_in.result)
     return outcome_public(stored), True
 
 

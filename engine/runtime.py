@@ -5,11 +5,14 @@ never the event log:
 
 - the catalog, reloaded when ``EngineState.catalog_version`` moves (a decision reads the version
   with its customer), with the compiled eligibility rules and the candidates of each channel;
-- a snapshot of the cell statistics and its fitted tree, reloaded at most every
-  ``stats_refresh_seconds`` and sooner after this worker's own writes. One thread reloads while
-  the others go on deciding on the snapshot they have; only a catalog change makes them wait.
-  When the interval is up, a one-row aggregate tells whether any cell changed; if none did, the
-  snapshot (and its draws) serves on, re-read at least every ``KEEP_UNCHANGED_SECONDS``;
+- a snapshot of the cell statistics and its fitted tree. Its staleness is bounded: no decision
+  uses a snapshot whose cells were read more than ``stats_refresh_seconds`` (default 2 s) before
+  it, so a result stored through any worker counts in every worker's decisions within that bound.
+  The refresh is due at ``REFRESH_DUE`` of the bound (half of it after this worker's own writes):
+  one thread refreshes while the others go on deciding on the snapshot they have; only once the
+  bound is reached (or the catalog changed) do they wait for the refresh. A refresh first reads a
+  one-row aggregate of the cells; if no cell changed, the snapshot (and its draws) serves on,
+  re-read in full at least every ``KEEP_UNCHANGED_SECONDS``;
 - per snapshot, the posterior draws of the cells that decisions asked for (``CellDraws``);
 - the API keys it checked in the last ``auth_cache_seconds`` (``engine.auth.KeyCache``).
 """
@@ -31,7 +34,7 @@ from sqlalchemy import Engine, func
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, select
 
-from engine import posterior
+from engine import metrics, posterior
 from engine.attributes import segment_path
 from engine.auth import KeyCache
 from engine.catalog import Catalog, engine_state, load_catalog
@@ -50,6 +53,11 @@ _FINGERPRINT = sa_select(func.count(), func.coalesce(func.sum(CellStat.weight), 
 CellKey = tuple[NodeKey | None, str, int]
 """(node of the segment tree, or None for the experience's pooled root; experience; bucket)."""
 
+REFRESH_DUE = 0.75
+"""Share of ``stats_refresh_seconds`` after which one thread refreshes in the background of the
+others: the rest of the interval is the time a refresh has to finish before decisions would wait
+for it (a full reload takes about 0.2 s at 25,000 cells; the check of an unchanged table a few
+milliseconds)."""
 KEEP_UNCHANGED_SECONDS = 60.0
 """Longest a snapshot serves while no cell changes: its counts were decayed to its load time, and
 a minute of decay moves them by 2^(-1 / (90 x 1440)), five parts in a million."""
@@ -177,6 +185,8 @@ class StatsSnapshot:
     tree: TreePosterior
     catalog_version: int
     loaded_at: float
+    """When (on the runtime's clock) the cells were read or last found unchanged: a result
+    committed before it is in the snapshot."""
     draws: CellDraws
     learned: Mapping[str, np.ndarray] = field(default_factory=dict)
     """Per experience, the mean realised value of each level (0 where none was reported): (L,)."""
@@ -184,7 +194,8 @@ class StatsSnapshot:
     """Number of stored cells and sum of their weights when this snapshot was read: each result
     adds a positive weight, so any new result changes it."""
     read_at: float = 0.0
-    """When the cells were last read (``loaded_at`` moves on while they stay unchanged)."""
+    """When the cells were last read in full (``loaded_at`` moves on while they stay
+    unchanged)."""
     _memo: dict[Hashable, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def experience(self, key: str, n_levels: int) -> ExperienceStats:
@@ -339,8 +350,16 @@ def learned_values(by_experience: Mapping[str, ExperienceStats]) -> dict[str, np
 class Runtime:
     """What one worker process holds between requests."""
 
-    def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.settings = settings
+        self.clock = clock
+        """Seconds, monotonic: the ages of statistics snapshots are measured on it."""
         self.checkpointer: WalCheckpointer | None = None
         self._owns_engine = engine is None
         if engine is None:
@@ -433,6 +452,7 @@ class Runtime:
                 active = self._in_durable_rules(active)
             with self._lock:
                 self._rules = (catalog.version, active)
+            metrics.ruleset_version(active.version if active is not None else None)
             return active
 
     def _in_durable_rules(self, active: ActiveRules) -> ActiveRules:
@@ -592,65 +612,66 @@ class Runtime:
         *rest: Catalog,
         now: dt.datetime | None = None,
     ) -> StatsSnapshot:
-        """The statistics snapshot for ``catalog``.
+        """The statistics snapshot for ``catalog``, read at most ``stats_refresh_seconds`` ago.
 
         ``stats(session, catalog)`` is accepted too (callers that hold a session); the snapshot
         is read on the runtime's own connections either way, from committed data.
 
-        Fresh enough: returned as is. Stale (older than ``stats_refresh_seconds``, or this worker
-        wrote since and half the interval has passed): this thread reloads it, unless
-        another one is doing so already, in which case this one keeps the snapshot it has. Made
-        for another catalog, or none yet: this thread waits for the reload.
+        Younger than the refresh point (``REFRESH_DUE`` of the bound, half the bound after this
+        worker's own writes): returned as is. Past it but within the bound: this thread refreshes
+        it, unless another one is doing so already, in which case this one keeps the snapshot it
+        has. At the bound, or made for another catalog, or none yet: this thread waits for the
+        refresh (its own or the one under way), so no caller ever gets an older snapshot.
         """
         if isinstance(catalog, Session):
             (catalog,) = rest
         cached = self._stats
-        usable = cached is not None and cached.catalog_version == catalog.version
-        if usable and not self._stale(cached):
-            assert cached is not None
-            return cached
-        if usable and not self._refresh_lock.acquire(blocking=False):
-            assert cached is not None
-            return cached
-        if not usable:
+        if cached is not None and cached.catalog_version == catalog.version:
+            age = self.age(cached)
+            if age < self._refresh_due():
+                return cached
+            if age < self.settings.stats_refresh_seconds:
+                if not self._refresh_lock.acquire(blocking=False):
+                    return cached
+            else:
+                self._refresh_lock.acquire()
+        else:
             self._refresh_lock.acquire()
         try:
-            cached = self._stats
-            if (
-                cached is not None
-                and cached.catalog_version == catalog.version
-                and not self._stale(cached)
-            ):
+            seen, cached = cached, self._stats
+            if cached is None or cached.catalog_version != catalog.version:
+                return self._reload(catalog, now)
+            if cached is not seen or self.age(cached) < self._refresh_due():
+                # Refreshed by another thread while this one waited: read after this call began.
                 return cached
-            if (
-                cached is not None
-                and cached.catalog_version == catalog.version
-                and not self._stats_dirty
-                and time.monotonic() - cached.read_at < KEEP_UNCHANGED_SECONDS
-            ):
-                fingerprint = self._fingerprint()
-                if fingerprint == cached.fingerprint:
-                    kept = replace(cached, loaded_at=time.monotonic())
+            started = self.clock()
+            if not self._stats_dirty and started - cached.read_at < KEEP_UNCHANGED_SECONDS:
+                wall = time.time()
+                if self._fingerprint() == cached.fingerprint:
+                    kept = replace(cached, loaded_at=started)
                     self._stats = kept
+                    metrics.snapshot_read(wall)
                     return kept
             return self._reload(catalog, now)
         finally:
             self._refresh_lock.release()
+
+    def age(self, snapshot: StatsSnapshot) -> float:
+        """Seconds since the cells of ``snapshot`` were read (or found unchanged)."""
+        return self.clock() - snapshot.loaded_at
 
     def _fingerprint(self) -> tuple[int, float]:
         with read_connection(self.engine) as connection:
             n, total = connection.execute(_FINGERPRINT).one()
         return int(n), float(total)
 
-    def _stale(self, snapshot: StatsSnapshot | None) -> bool:
-        if snapshot is None:
-            return True
-        age = time.monotonic() - snapshot.loaded_at
-        interval = self.settings.stats_refresh_seconds
-        return age >= interval or (self._stats_dirty and age >= interval / 2)
+    def _refresh_due(self) -> float:
+        bound = self.settings.stats_refresh_seconds
+        return bound * (0.5 if self._stats_dirty else REFRESH_DUE)
 
     def _reload(self, catalog: Catalog, now: dt.datetime | None) -> StatsSnapshot:
         self._stats_dirty = False  # writes from here on are not in this load: they mark it again
+        started, wall = self.clock(), time.time()
         # Before the read: a change that lands in between makes the next check reload again.
         fingerprint = self._fingerprint()
         # A single read: on SQLite it must not wait for the write lock, which a caller might hold.
@@ -664,7 +685,7 @@ class Runtime:
             by_experience=by_experience,
             tree=fit_snapshot_tree(table, catalog, codes),
             catalog_version=catalog.version,
-            loaded_at=time.monotonic(),
+            loaded_at=started,
             draws=CellDraws(
                 self.settings.posterior_draws,
                 self.rng,
@@ -672,9 +693,10 @@ class Runtime:
             ),
             learned=learned_values(by_experience),
             fingerprint=fingerprint,
-            read_at=time.monotonic(),
+            read_at=started,
         )
         self._stats = snapshot
+        metrics.snapshot_read(wall)
         return snapshot
 
     def wrote_stats(self) -> None:

@@ -18,7 +18,7 @@ from engine.attributes import AttributeType
 Key = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z][A-Za-z0-9_.-]*$")]
 Label = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")]
 AttrName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
-CustomerId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\s/]+$")]
+CustomerId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\s/\x00]+$")]
 Money = Annotated[float, Field(ge=-1e12, le=1e12, allow_inf_nan=False)]
 Role = Literal["agent", "marketer", "service", "admin"]
 ROLES: tuple[Role, ...] = ("agent", "marketer", "service", "admin")
@@ -27,7 +27,60 @@ Reaction = Literal["accepted", "declined"]
 
 
 class Strict(BaseModel):
+    """A request body: unknown fields are errors, and no text anywhere in it holds a NUL."""
+
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        where = nul_path(data)
+        if where is not None:
+            raise ValueError(f"{where or 'body'}: text cannot contain NUL (\\u0000) characters")
+        return data
+
+
+def nul_path(data: Any) -> str | None:
+    """The dotted path of the first string (value or key) in ``data`` holding a NUL character.
+
+    PostgreSQL cannot store NUL in text, so such input would fail at the database; it is bad
+    input and is refused here, naming where it is. Iterative: JSON nests as deep as a parser let
+    it.
+    """
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                return path
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                child = f"{path}.{key}" if path else str(key)
+                if isinstance(key, str) and "\x00" in key:
+                    return child
+                stack.append((child, item))
+        elif isinstance(value, list):
+            stack.extend((f"{path}.{i}" if path else str(i), item) for i, item in enumerate(value))
+    return None
+
+
+# Errors ---------------------------------------------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable: invalid, not_found, conflict, forbidden, ...")
+    message: str = Field(description="What is wrong, for a person")
+    field: str | None = Field(description="The input at fault, e.g. events.1.result")
+    valid: list[Any] | None = Field(default=None, description="The accepted values, if few")
+    details: list[dict[str, Any]] | None = Field(
+        default=None, description="Every problem: per field, or per row of a batch"
+    )
+
+
+class ErrorBody(BaseModel):
+    """The one shape of every error answer."""
+
+    error: ErrorDetail
 
 
 # Outcome scale --------------------------------------------------------------------------------
@@ -433,6 +486,25 @@ class ApiKeyPublic(BaseModel):
 
 class ApiKeyCreated(ApiKeyPublic):
     key: str = Field(description="Shown once; only its hash is stored")
+
+
+# Audit -----------------------------------------------------------------------------------------
+
+
+class AuditEventPublic(BaseModel):
+    id: int
+    at: dt.datetime
+    actor: str = Field(description="role:name of the key that made the change (or cli, system)")
+    action: str
+    entity: str
+    entity_id: str
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+
+
+class AuditEventsPublic(BaseModel):
+    data: list[AuditEventPublic]
+    next_cursor: str | None = Field(description="Pass as cursor for the next (older) page")
 
 
 # Insights --------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from sqlalchemy import Table
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, func, insert, select
 
-from engine import stats
+from engine import metrics, stats
 from engine.catalog import Catalog, current_catalog
 from engine.customers import clean_attributes
 from engine.db import add_exposures, dialect_insert, execute_many
@@ -264,6 +264,8 @@ def store_triples(
             session,
             stats.increments(facts, epoch=catalog.epoch, half_life_days=catalog.half_life_days),
         )
+        for source, n in Counter(row["source"] for row in rows).items():
+            metrics.count_triples(source, n)
     if not report:
         return []
     results: list[StoredTriple] = []

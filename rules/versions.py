@@ -54,6 +54,15 @@ def compile_version(
     row.text = compiled.text.replace("# Rule set", f"# Rule set version {row.version}", 1)
     session.add(row)
     session.flush()
+    audit.record(
+        session,
+        actor=actor,
+        action="compile",
+        entity="rule_set",
+        entity_id=str(row.version),
+        before=None,
+        after={"version": row.version, "settings": row.settings, "rules": len(row.rules)},
+    )
     return row
 
 

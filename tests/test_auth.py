@@ -1,7 +1,10 @@
-"""The role matrix, generated from the route table: a new route cannot escape it."""
+"""The role matrix, generated from the route table: a new route under /v1 cannot escape it.
+
+Keys: hashed, shown once, never logged; a per-key rate limit answers 429 with Retry-After."""
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -9,13 +12,17 @@ import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from sqlmodel import select
+from typer.testing import CliRunner
 
 from api import Allow, create_app
+from cli import app as cli_app
 from engine.config import Settings
 from engine.models import ApiKey
+from engine.ratelimit import RateLimiter
 from engine.runtime import Runtime
+from tests.conftest import ROLE_KEYS
 
-PUBLIC = {"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+PUBLIC = {"/healthz", "/livez", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 
 
 def _allowed_roles(route: APIRoute) -> tuple[str, ...] | None:
@@ -27,10 +34,12 @@ def _allowed_roles(route: APIRoute) -> tuple[str, ...] | None:
 
 
 def _routes() -> list[tuple[str, str, tuple[str, ...]]]:
+    """Every method of every /v1 route with the roles its Allow dependency admits (pages outside
+    /v1 authenticate their own way and are tested where they are built)."""
     app = create_app(Settings(database_url="sqlite://"))
     table = []
     for route in app.routes:
-        if not isinstance(route, APIRoute) or route.path in PUBLIC:
+        if not isinstance(route, APIRoute) or not route.path.startswith("/v1/"):
             continue
         roles = _allowed_roles(route)
         assert roles is not None, f"{route.path} has no Allow dependency"
@@ -141,3 +150,60 @@ def test_unknown_keys_are_not_remembered(
     for _ in range(3):
         assert client.get("/v1/experiences", headers=wrong).status_code == 401
     assert runtime.keys.get("nb_testagt_not-the-secret") is None
+
+
+def test_keys_never_reach_the_logs(
+    client: TestClient,
+    keys: dict[str, dict[str, str]],
+    caplog: pytest.LogCaptureFixture,
+    database_url: str,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    created = client.post("/v1/keys", json={"name": "crm", "role": "agent"}, headers=keys["admin"])
+    secret = created.json()["key"]
+    made = CliRunner().invoke(
+        cli_app, ["keys", "create", "--role", "agent", "--name", "ivr", "--db", database_url]
+    )
+    cli_secret = made.stdout.splitlines()[0]
+    for key in (secret, cli_secret, ROLE_KEYS["admin"]):
+        headers = {"Authorization": f"Bearer {key}"}
+        assert client.get("/v1/experiences", headers=headers).status_code == 200
+        assert client.get("/v1/keys", headers=headers).status_code in (200, 403)
+    client.get("/v1/experiences", headers={"Authorization": f"Bearer {secret}x"})
+    logged = caplog.text + " ".join(str(r.args) for r in caplog.records)
+    assert caplog.records  # the capture saw the requests' logging
+    for key in (secret, cli_secret, ROLE_KEYS["admin"]):
+        assert key not in logged
+        assert key.split("_", 2)[2] not in logged
+
+
+def test_rate_limit_per_key(runtime: Runtime, keys: dict[str, dict[str, str]]) -> None:
+    limited = Runtime(
+        runtime.settings.model_copy(update={"rate_limit_per_minute": 5}), engine=runtime.engine
+    )
+    with TestClient(create_app(runtime=limited)) as client:
+        statuses = [
+            client.get("/v1/experiences", headers=keys["agent"]).status_code for _ in range(5)
+        ]
+        assert statuses == [200] * 5
+        refused = client.get("/v1/experiences", headers=keys["agent"])
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == "rate_limited"
+        assert "5 requests a minute" in refused.json()["error"]["message"]
+        assert 1 <= int(refused.headers["Retry-After"]) <= 12
+        # Buckets are per key: another key still has its burst.
+        assert client.get("/v1/experiences", headers=keys["marketer"]).status_code == 200
+
+
+def test_token_bucket_refills_at_its_rate() -> None:
+    now = [0.0]
+    limiter = RateLimiter(per_minute=60, clock=lambda: now[0])
+    assert [limiter.take(1) for _ in range(60)] == [0.0] * 60
+    assert limiter.take(1) == pytest.approx(1.0)
+    now[0] += 0.5
+    assert limiter.take(1) == pytest.approx(0.5)
+    now[0] += 0.5
+    assert limiter.take(1) == 0.0
+    now[0] += 3600
+    assert sum(limiter.take(1) == 0.0 for _ in range(100)) == 60  # the burst is capped
+    assert RateLimiter(per_minute=0).take(1) == 0.0

@@ -160,24 +160,74 @@ def in_threads(n: int, target: Any) -> list[Any]:
     return results
 
 
-def test_one_reload_at_a_time_and_nobody_waits_for_it(
-    runtime: Runtime, slow_loads: list[float]
+class Clock:
+    """A monotonic clock the test moves by hand (the runtime measures snapshot ages on it)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def clocked(db: Any, settings: Any, clock: Clock) -> Runtime:
+    return Runtime(settings, engine=db, clock=clock)
+
+
+def test_one_refresh_at_a_time_and_nobody_waits_for_it_within_the_bound(
+    clocked: Runtime, clock: Clock, slow_loads: list[float]
 ) -> None:
-    runtime.settings.stats_refresh_seconds = 0.5
+    clocked.settings.stats_refresh_seconds = 2.0
     shop = catalog()
-    first = in_threads(4, lambda: runtime.stats(shop))
+    first = in_threads(4, lambda: clocked.stats(shop))
     assert len(slow_loads) == 1  # no snapshot yet: all four wait for one load
     assert all(s is first[0] for s in first)
-    time.sleep(0.5)
-    add_cell(runtime)
+    clock.now += 1.4
+    assert clocked.stats(shop) is first[0]  # before the refresh is due (0.75 of the bound)
+    assert len(slow_loads) == 1
+    clock.now += 0.2
+    add_cell(clocked)
     start = time.monotonic()
-    stale = in_threads(4, lambda: (runtime.stats(shop), time.monotonic() - start))
+    stale = in_threads(4, lambda: (clocked.stats(shop), time.monotonic() - start))
     assert len(slow_loads) == 2  # one thread reloads ...
     fresh = [s for s, _ in stale if s is not first[0]]
     served_stale = [waited for s, waited in stale if s is first[0]]
     assert len(fresh) == 1 and len(served_stale) == 3  # ... the others keep deciding
     assert max(served_stale) < 0.25
-    assert runtime.stats(shop) is fresh[0]
+    assert clocked.stats(shop) is fresh[0]
+
+
+def test_at_the_bound_every_caller_waits_for_the_refresh(
+    clocked: Runtime, clock: Clock, slow_loads: list[float]
+) -> None:
+    clocked.settings.stats_refresh_seconds = 2.0
+    shop = catalog()
+    first = clocked.stats(shop)
+    add_cell(clocked)
+    clock.now += 2.0
+    got = in_threads(4, lambda: clocked.stats(shop))
+    assert len(slow_loads) == 2  # one refresh, and nobody got the snapshot past its bound
+    assert all(s is got[0] for s in got) and got[0] is not first
+    assert got[0].fingerprint == (1, 1.0)
+    assert clocked.age(got[0]) == 0.0
+
+
+def test_an_unchanged_table_restarts_the_age_without_a_reload(
+    clocked: Runtime, clock: Clock, slow_loads: list[float]
+) -> None:
+    clocked.settings.stats_refresh_seconds = 2.0
+    shop = catalog()
+    first = clocked.stats(shop)
+    clock.now += 5.0
+    kept = clocked.stats(shop)
+    assert len(slow_loads) == 1 and kept.draws is first.draws
+    assert clocked.age(kept) == 0.0
 
 
 def add_cell(runtime: Runtime, weight: float = 1.0) -> None:

@@ -159,8 +159,12 @@ def test_activate_and_decide_by_the_active_version(
         stored = session.get(Decision, ruled[0]["decision_id"])
         assert stored is not None
         assert (stored.rule_id, stored.ruleset_version) == (ruled[0]["rule"]["id"], version)
-        audit = session.exec(select(AuditEvent).where(AuditEvent.entity == "rule_set")).all()
-    assert [a.after for a in audit] == [{"active": version}]
+        audit = session.exec(
+            select(AuditEvent).where(AuditEvent.entity == "rule_set").order_by(AuditEvent.id)
+        ).all()
+    assert [a.action for a in audit] == ["compile", "activate"]
+    assert audit[0].after is not None and audit[0].after["version"] == version
+    assert audit[1].after == {"active": version}
     listed = client.get("/v1/rulesets", headers=DEMO["agent"]).json()["data"]
     assert [v["active"] for v in listed] == [True]
 
