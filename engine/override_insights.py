@@ -30,12 +30,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlmodel import Session, col, or_, select
+from sqlmodel import Session, col, func, or_, select
 
+from engine.catalog import Catalog
 from engine.evaluation import realised_net_value
 from engine.models import Decision, DecisionOverride, Outcome, utcnow
 from engine.ope import Z95
-from engine.runtime import Runtime
+from engine.runtime import Runtime, StatsSnapshot
 
 NO_REASON = "(none)"
 NO_AGENT = "(none)"
@@ -182,10 +183,29 @@ def _value(rows: Sequence[AgentDecision]) -> dict[str, Any]:
 
 def override_insights(*, session: Session, runtime: Runtime, days: float = 90.0) -> dict[str, Any]:
     """Override rates and the value of overrides over the decisions of the last ``days`` that
-    were made for an agent or overridden by one (see the module docstring)."""
+    were made for an agent or overridden by one (see the module docstring).
+
+    Kept with the statistics snapshot (a new outcome makes a new one) while no decision or
+    override is added: the newest decision (indexed) and the number of overrides decide whether
+    to recompute.
+    """
     catalog = runtime.catalog(session)
     catalog.require_scale()
     snapshot = runtime.stats(session, catalog)
+    newest = session.exec(select(func.max(col(Decision.created_at)))).one()
+    n_overrides = session.exec(select(func.count()).select_from(DecisionOverride)).one()
+    slot: dict[Any, Any] = snapshot.memo(("override_insights", catalog.version), dict)
+    key = (days, str(newest), int(n_overrides))
+    found = slot.get(key)
+    if found is None:
+        slot.clear()
+        found = slot[key] = _report(session, catalog, snapshot, days)
+    return found
+
+
+def _report(
+    session: Session, catalog: Catalog, snapshot: StatsSnapshot, days: float
+) -> dict[str, Any]:
     since = utcnow() - dt.timedelta(days=days)
     statement = (
         select(Decision, DecisionOverride, Outcome)

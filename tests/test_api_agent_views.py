@@ -63,6 +63,21 @@ def test_override_insights(client: TestClient, keys: Headers, business: Any) -> 
         sum(money[d["experience"]] for d in followed) / 2, abs=1e-3
     )
     assert "Observational" in body["note"]
+    # A new decision and its override, no outcome yet: the statistics are unchanged, the report
+    # is not (the rate counts it; the value figures wait for its result).
+    late = decide(client, keys, agent_id="a-2", top_k=50).json()
+    client.post(
+        f"/v1/decisions/{late['decision_id']}/override",
+        json={
+            "experience": other_than(late["experience"]),
+            "note": "later",
+            "reason_code": "policy",
+        },
+        headers=keys["agent"],
+    )
+    again = client.get("/v1/insights/overrides", headers=keys["marketer"]).json()
+    assert (again["decisions"], again["overrides"]) == (5, 3)
+    assert again["value"]["overridden"]["gap"]["n"] == 2
     for role in ("agent", "service"):
         assert client.get("/v1/insights/overrides", headers=keys[role]).status_code == 403
     bad = client.get("/v1/insights/overrides?days=0", headers=keys["marketer"])
