@@ -43,11 +43,6 @@ __all__ = ["form_errors", "router"]
 
 router = page_router(prefix="/marketer/experiments")
 
-PLOT_TITLES = {
-    "posterior": "expected net value per arm",
-    "allocation": "allocation over time",
-    "cumulative": "cumulative realised value",
-}
 LIFECYCLE = ("start", "pause", "stop")
 DEFAULTS = {
     "allocation": "fixed",
@@ -226,7 +221,7 @@ def _report_context(request: Request, session: Session, key: str) -> dict[str, A
         ],
         "may_conclude": row.status in experiment_service.TRANSITIONS["conclude"][0],
         "plot_names": PLOTS,
-        "plot_titles": PLOT_TITLES,
+        "plot_titles": plots.TITLES,
     }
 
 
@@ -255,7 +250,7 @@ def experiment_plot(
 ) -> Response:
     row = experiment_service.get_experiment(session=session, key=key)
     evidence = load_evidence(session, runtime_of(request).catalog(session), row)
-    svg = plots.render(name, evidence, title=f"{row.name}: {PLOT_TITLES[name]}")
+    svg = plots.render(name, evidence, title=f"{row.name}: {plots.TITLES[name]}")
     # An image document: its inline styles are its own; it may run nothing and load nothing.
     return Response(
         svg,
