@@ -1185,15 +1185,10 @@ def _install_experiment_routes(app: FastAPI) -> None:
     ) -> Response:
         row = experiment_service.get_experiment(session=session, key=key)
         evidence = load_evidence(session, runtime.catalog(session), row)
-        svg = plots.render(name, evidence, title=f"{row.name}: {PLOT_TITLES[name]}")
+        svg = plots.render(name, evidence, title=f"{row.name}: {plots.TITLES[name]}")
         return Response(svg, media_type="image/svg+xml")
 
 
-PLOT_TITLES = {
-    "posterior": "expected net value per arm",
-    "allocation": "allocation over time",
-    "cumulative": "cumulative realised value",
-}
 # Operations: liveness and metrics ---------------------------------------------------------------
 
 

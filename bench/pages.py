@@ -48,6 +48,8 @@ PAGES = [
     "/marketer/overrides",
     "/marketer/value",
     "/marketer/no-good-action",
+    "/marketer/experiments",
+    "/marketer/experiments/winter-save",
 ]
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 

@@ -90,6 +90,9 @@ def shoot_everything(page: Page, base: str, out: Path) -> None:
         ("/marketer/overrides", "marketer-overrides"),
         ("/marketer/value", "marketer-value"),
         ("/marketer/no-good-action", "marketer-no-good-action"),
+        ("/marketer/experiments", "marketer-experiments"),
+        ("/marketer/experiments/new", "marketer-experiment-new"),
+        ("/marketer/experiments/winter-save", "marketer-experiment-report"),
     ]:
         page.goto(f"{base}{path}")
         shot(page, out, name)

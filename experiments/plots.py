@@ -18,7 +18,14 @@ from experiments import stats
 from experiments.evidence import Evidence
 from experiments.report import allocation_over_time, cumulative_value
 
-__all__ = ["render"]
+__all__ = ["TITLES", "render"]
+
+TITLES = {
+    "posterior": "expected net value per arm",
+    "allocation": "allocation over time",
+    "cumulative": "cumulative realised value",
+}
+"""Each plot's title, after the experiment's name (the API's and the console's plots alike)."""
 
 matplotlib.rcParams["svg.hashsalt"] = "nextbest"  # stable element ids: same data, same bytes
 matplotlib.rcParams["svg.fonttype"] = "none"  # text stays text (smaller, searchable)

@@ -1,7 +1,6 @@
 """The marketer console: the catalog, rule-set versions (read, diff, compile, activate and roll
 back with a confirmation), and what the engine knows (the segment tree, overrides, customer
-value, groups with no good action). Experiments get their pages when the experiments package
-lands; the navigation keeps a place for them.
+value, groups with no good action). The experiment pages are in web/experiments.py.
 """
 
 from __future__ import annotations

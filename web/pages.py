@@ -54,6 +54,11 @@ FLASH = {
     "experience_created": "Experience created.",
     "experience_changed": "Experience updated.",
     "segmentation_changed": "Segmentation updated.",
+    "experiment_created": "Experiment created as a draft. Start it when it is ready.",
+    "experiment_start": "The experiment is running: eligible decisions now follow its arms.",
+    "experiment_pause": "The experiment is paused: decisions follow the rules meanwhile.",
+    "experiment_stop": "The experiment is stopped. Conclude it with your decision.",
+    "experiment_concluded": "The experiment is concluded with your decision.",
 }
 
 
@@ -332,11 +337,11 @@ async def signout(request: Request) -> Response:
 
 def install(app: FastAPI, settings: Settings) -> None:
     """Add the consoles to the API's app: pages, static files, templates and the cookie signer."""
-    from web import agent, marketer
+    from web import agent, experiments, marketer
 
     app.state.web = WebState(env=render.build(), signer=Signer(settings.session_secret))
     app.mount("/static", StaticFiles(directory=render.STATIC), name="static")
-    for module in (router, agent.router, marketer.router):
+    for module in (router, agent.router, marketer.router, experiments.router):
         app.include_router(module)
 
 

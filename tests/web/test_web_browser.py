@@ -1,7 +1,7 @@
 """The consoles in a real headless Chromium (Debian's, never a downloaded browser) against a real
 uvicorn server over its own database (SQLite, or PostgreSQL when NEXTBEST_TEST_DATABASE_URL is
 set), seeded with a small demo business: the agent's flow end to end and the marketer's rule-set
-flow, with no browser console error."""
+flow and experiment flow, with no browser console error."""
 
 from __future__ import annotations
 
@@ -155,3 +155,46 @@ def test_marketer_rule_set_flow(page: Page, base_url: str) -> None:
     for link in ("Overrides", "Customer value", "No good action", "Catalog"):
         page.click(f"nav >> text={link}")
         expect(page.locator("h1")).to_contain_text(link if link != "Catalog" else "Catalog")
+
+
+def test_marketer_experiment_flow(page: Page, base_url: str) -> None:
+    sign_in(page, base_url, "marketer")
+    page.click("nav >> text=Experiments")
+    expect(page.locator("h1")).to_contain_text("Experiments")
+    expect(page.locator("table.experiments")).to_contain_text("winter-save")
+    page.click("text=New experiment")
+    # (A refused form answers 422, which Chromium logs as a console error: the inline errors
+    # are tested in test_web_experiments.py.)
+    page.fill("#f-key", "browser-save")
+    page.fill("#f-name", "Browser save")
+    page.fill("#f-hypothesis", "A discount is enough")
+    page.fill("#f-eligibility", 'plan == "basic"')
+    page.check("input[name=arms][value=discount_10]")
+    page.check("input[name=arms][value=free_month]")
+    page.fill("#f-burn_in", "20")
+    page.select_option("#f-allocation", "adaptive")
+    page.click("button:has-text('Create the experiment')")
+    expect(page.locator(".flash")).to_contain_text("Experiment created as a draft")
+    expect(page.locator("h1")).to_contain_text("Browser save")
+    expect(page.locator("h1 .tag")).to_have_text("draft")
+    page.click("button:has-text('Start the experiment')")
+    expect(page.locator(".flash")).to_contain_text("is running")
+    expect(page.locator("h1 .tag")).to_have_text("running")
+    expect(page.locator("button:has-text('Pause the experiment')")).to_be_visible()
+    # The running demo experiment's report: arms, stopping rule and its three plots (SVG images
+    # served under the session cookie, each loaded and drawn).
+    page.click("nav >> text=Experiments")
+    page.click("a[href='/marketer/experiments/winter-save']")
+    expect(page.locator("h1")).to_contain_text("Winter save offers")
+    expect(page.locator("table.arms tbody tr")).to_have_count(3)
+    expect(page.locator("#stop-h")).to_be_visible()
+    plots = page.locator(".plots img")
+    expect(plots).to_have_count(3)
+    for i in range(3):
+        plot = plots.nth(i)
+        plot.scroll_into_view_if_needed()
+        expect(plot).to_have_js_property("complete", True)
+        assert plot.evaluate("img => img.naturalWidth") > 0
+        source = page.request.get(base_url + str(plot.get_attribute("src")))
+        assert source.headers["content-type"] == "image/svg+xml"
+        assert "<svg" in source.text()
