@@ -12,6 +12,7 @@ styles that the pages' Content-Security-Policy would refuse if the SVG were inli
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any, Literal
 
 from fastapi import Request, Response
@@ -61,6 +62,13 @@ DEFAULTS = {
 """The create form's initial values: ExperimentIn's defaults, as text."""
 
 _NUMBERS = ("holdout_share", "min_share", "burn_in", "update_minutes", "priority")
+CREATE_FIELDS = {
+    *DEFAULTS,
+    *("key", "name", "hypothesis", "eligibility", "arms", "isolate"),
+    *("stopping", "guardrail", "guardrail.level"),
+}
+"""The create form's fields that show their own errors."""
+CONCLUDE_FIELDS = {"decision", "winner", "segment_winners", "note"}
 
 
 # Forms -> models -------------------------------------------------------------------------------
@@ -115,12 +123,13 @@ def _form_field(path: str) -> str:
     return ".".join(parts[:2]) if parts[0] in ("stopping", "guardrail") else parts[0]
 
 
-def form_errors(error: ValidationError | NextbestError) -> dict[str, str]:
+def form_errors(error: ValidationError | NextbestError, fields: Collection[str]) -> dict[str, str]:
     """Form field -> message, for every error (a pydantic error's ``loc``, a domain error's
-    ``field``; "form" when neither names one)."""
-    if isinstance(error, NextbestError):
-        return {_form_field(error.field) if error.field else "form": error.message}
+    ``field``); "form" when it names none of ``fields`` (shown above the form)."""
     found: dict[str, str] = {}
+    if isinstance(error, NextbestError):
+        field = _form_field(error.field) if error.field else "form"
+        return {field if field in fields else "form": error.message}
     for item in error.errors():
         path = ".".join(str(p) for p in item.get("loc", ()))
         message = str(item.get("msg", "invalid")).removeprefix("Value error, ")
@@ -130,7 +139,7 @@ def form_errors(error: ValidationError | NextbestError) -> dict[str, str]:
         field = _form_field(path) if path else "form"
         if path.startswith("arms.") and path.count(".") >= 2:
             message = f"arm {int(path.split('.')[1]) + 1}: {message}"
-        found.setdefault(field, message)
+        found.setdefault(field if field in fields else "form", message)
     return found
 
 
@@ -197,7 +206,7 @@ async def create_experiment(request: Request, viewer: MarketerViewer) -> Respons
             title="New experiment",
             values={**DEFAULTS, "isolate": "", **values},
             arms={str(k): True for k in form.getlist("arms")},
-            errors=form_errors(error),
+            errors=form_errors(error, CREATE_FIELDS),
             **context,
         )
     return redirect(f"/marketer/experiments/{url_id(key)}", done="experiment_created")
@@ -288,9 +297,8 @@ async def conclude_experiment(request: Request, key: str, viewer: MarketerViewer
     except (ValidationError, NextbestError) as error:
         if isinstance(error, NextbestError) and error.status != 422:
             raise
-        errors = {
-            ("where" if f == "segment_winners" else f): m for f, m in form_errors(error).items()
-        }
+        found = form_errors(error, CONCLUDE_FIELDS)
+        errors = {("where" if f == "segment_winners" else f): m for f, m in found.items()}
         context = await in_thread(runtime, lambda s: _report_context(request, s, key))
         return render_page(
             request,

@@ -190,11 +190,14 @@ def test_marketer_experiment_flow(page: Page, base_url: str) -> None:
     expect(page.locator("#stop-h")).to_be_visible()
     plots = page.locator(".plots img")
     expect(plots).to_have_count(3)
+    # Each plot is a matplotlib render on the server: allow a loaded machine its time.
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.plots img')]"
+        ".every(img => img.complete && img.naturalWidth > 0)",
+        timeout=60_000,
+    )
     for i in range(3):
         plot = plots.nth(i)
-        plot.scroll_into_view_if_needed()
-        expect(plot).to_have_js_property("complete", True)
-        assert plot.evaluate("img => img.naturalWidth") > 0
         source = page.request.get(base_url + str(plot.get_attribute("src")))
         assert source.headers["content-type"] == "image/svg+xml"
         assert "<svg" in source.text()
