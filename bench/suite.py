@@ -314,7 +314,7 @@ def postgres_pids() -> list[int]:
 def measured(pids: list[int], run: Any, *, database_cpu: bool) -> dict[str, Any]:
     """``run()`` (a wrk run) and the CPU its requests cost the workers (and PostgreSQL)."""
     pg = postgres_pids() if database_cpu else []
-    pg_before = cpu_seconds_alive(pg)
+    pg_before = {pid: cpu_seconds_alive([pid]) for pid in pg}
     before = cpu_seconds_alive(pids)
     result: dict[str, Any] = run()
     used = cpu_seconds_alive(pids) - before
@@ -323,7 +323,9 @@ def measured(pids: list[int], run: Any, *, database_cpu: bool) -> dict[str, Any]
     result["workers_ended_during_run"] = sum(not Path(f"/proc/{pid}").exists() for pid in pids)
     result["worker_cpu_ms_per_request"] = round(1000 * used / max(result["requests"], 1), 3)
     if database_cpu:
-        spent = cpu_seconds_alive(pg) - pg_before
+        # Only processes that lived through the run: a session that ended took its CPU with it.
+        lived = [pid for pid in pg if Path(f"/proc/{pid}").exists()]
+        spent = cpu_seconds_alive(lived) - sum(pg_before[pid] for pid in lived)
         result["postgres_cpu_ms_per_request"] = round(1000 * spent / max(result["requests"], 1), 3)
     return result
 
