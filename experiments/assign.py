@@ -19,6 +19,7 @@ from sqlalchemy import Engine, select
 from sqlmodel import Session, col
 
 from engine.catalog import Catalog
+from engine.db import read_connection
 from engine.models import Decision
 from experiments.allocation import pick, unit
 from experiments.models import Experiment
@@ -136,7 +137,7 @@ def enrolments(engine: Engine, customer_id: str, keys: Sequence[str]) -> dict[st
         .limit(ENROLMENT_LOOKBACK)
     )
     found: dict[str, str] = {}
-    with engine.connect() as connection:
+    with read_connection(engine) as connection:  # no write lock on SQLite: this is the hot path
         for key, arm in connection.execute(statement):
             if key is not None and arm is not None:
                 found.setdefault(key, arm)
