@@ -519,6 +519,10 @@ def record_outcome(
             field="decision_id",
         )
     (stored,) = store_triples(session, catalog=catalog, triples=[triple])
+    if stored.replayed:
+        # A concurrent repeat with this idempotency key committed between the check above and
+        # the store: it is the same outcome, answered as a replay (nothing new was stored).
+        return outcome_public(stored), False
     runtime.wrote_stats()
     metrics.count_outcome(outcome_in.result)
     return outcome_public(stored), True
