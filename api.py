@@ -213,9 +213,13 @@ async def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-def get_session(runtime: RuntimeDep) -> Iterator[Session]:
-    """One transaction per request: committed when the route returns, rolled back on error."""
-    with runtime.session() as session:
+def get_session(request: Request, runtime: RuntimeDep) -> Iterator[Session]:
+    """One transaction per request: committed when the route returns, rolled back on error.
+
+    A GET or HEAD reads: on SQLite its transaction begins DEFERRED, so it never waits for (or
+    holds up) the write lock that other requests' transactions take up front."""
+    reads = request.method in ("GET", "HEAD")
+    with runtime.read_session() if reads else runtime.session() as session:
         try:
             yield session
             session.commit()
@@ -960,9 +964,8 @@ def _install_routes(app: FastAPI) -> None:
     # Decisions and outcomes
     @app.post("/v1/decisions", status_code=201, tags=["decisions"])
     async def post_decision(body: DecisionIn, runtime: RuntimeDep, _: Decider) -> DecisionPublic:
-        # One hop to a worker thread for the whole decision (its read, and the wait for the
-        # commit of its log entry); the service manages its own connections.
-        return await run_in_threadpool(decisions.decide, runtime=runtime, decision_in=body)
+        # On the event loop, its commit awaited (engine.decisions.decide_async).
+        return await decisions.decide_async(runtime=runtime, decision_in=body)
 
     @app.post(
         "/v1/decisions/{decision_id}/override",

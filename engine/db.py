@@ -87,14 +87,32 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(connection: Any) -> None:
-    if connection.get_execution_options().get(READ_ONLY):
+    options = connection.get_execution_options()
+    if options.get(READ_ONLY):
         return
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    connection.exec_driver_sql("BEGIN" if options.get(SNAPSHOT) else "BEGIN IMMEDIATE")
 
 
 READ_ONLY = "nextbest_read_only"
 """Execution option of ``read_connection``: on SQLite, no BEGIN (each statement reads the latest
 committed data, without the write lock)."""
+
+SNAPSHOT = "nextbest_snapshot"
+"""Execution option of ``read_session``: on SQLite, a deferred BEGIN (the statements see one
+snapshot, and the write lock is taken only if the transaction writes)."""
+
+
+@contextmanager
+def read_session(engine: Engine) -> Iterator[Session]:
+    """A session for requests and reloads that read: one transaction, so its statements see one
+    consistent state, but on SQLite it does not take the write lock up front (sessions that may
+    write begin IMMEDIATE, so they queue behind the writers; a read must not). It is rolled back
+    at the end. On PostgreSQL it is an ordinary session."""
+    with engine.connect() as connection:
+        if is_sqlite(engine):
+            connection = connection.execution_options(**{SNAPSHOT: True})
+        with Session(bind=connection, expire_on_commit=False) as session:
+            yield session
 
 
 @contextmanager

@@ -3,18 +3,22 @@ worker makes at the same time share one transaction (group commit).
 
 A transaction per decision costs a commit per decision: a WAL flush on PostgreSQL, and on SQLite
 the database-wide write lock, which worker processes would otherwise pass back and forth (a writer
-that finds it taken sleeps a millisecond or more). Here the first thread to log a decision writes
-it at once; decisions logged while that transaction is open queue up, and the first of them then
-writes the whole queue in one transaction. A caller returns only after the transaction holding its
-decision has committed, so nothing is answered before it is stored. A batch that fails on a row
-(an integrity error) is retried one decision per transaction, so that a bad row fails its own
-request only; one that fails because the database is busy or unreachable fails as a whole.
+that finds it taken sleeps a millisecond or more). Here one writer thread per worker stores what
+``submit`` queues: it takes everything queued, writes it in one transaction, and resolves each
+decision's future once that transaction has committed; decisions queued meanwhile go into the
+next one. A caller answers only after its future resolved (``log`` waits for it; the API awaits it
+on the event loop, engine.decisions.decide_async), so nothing is answered before it is stored. A
+batch that fails on a row (an integrity error) is retried one decision per transaction, so that a
+bad row fails its own request only; one that fails because the database is busy or unreachable
+fails as a whole.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,14 +42,9 @@ class DecisionWrite:
     customer: dict[str, Any] | None = None
 
 
-class _Ticket:
-    __slots__ = ("done", "error", "lead", "write")
-
-    def __init__(self, write: DecisionWrite) -> None:
-        self.write = write
-        self.done = threading.Event()
-        self.lead = False
-        self.error: BaseException | None = None
+Queued = tuple[DecisionWrite, "Future[None]"]
+_STOP: Queued = (DecisionWrite({}), Future())
+"""Queued by ``close``: the writer stops after the batch it is in."""
 
 
 class DecisionLog:
@@ -57,61 +56,82 @@ class DecisionLog:
         self._insert_decision = prepared.Prepared.compile(
             insert(DECISIONS), engine, [c.name for c in DECISIONS.columns]
         )
-        self._lock = threading.Lock()
-        self._queue: list[_Ticket] = []
-        self._writing = False
+        self._wake = threading.Condition()
+        self._queue: list[Queued] = []
+        self._writer: threading.Thread | None = None
+        self._pid = os.getpid()
         self.transactions = 0
         self.decisions = 0
 
+    def submit(self, write: DecisionWrite) -> Future[None]:
+        """Queue ``write``; the future resolves once it is committed (or with what storing it
+        raised). Starts the writer thread when none runs (first use, after ``close``, or in a
+        forked child, which does not inherit its parent's thread)."""
+        future: Future[None] = Future()
+        with self._wake:
+            if self._pid != os.getpid():
+                self._pid, self._writer, self._queue = os.getpid(), None, []
+            self._queue.append((write, future))
+            if self._writer is None:
+                self._writer = threading.Thread(
+                    target=self._run, name="nextbest-decision-log", daemon=True
+                )
+                self._writer.start()
+            self._wake.notify()
+        return future
+
     def log(self, write: DecisionWrite) -> None:
         """Store ``write``; returns once committed, raises what storing it raised."""
-        ticket = _Ticket(write)
-        with self._lock:
-            self._queue.append(ticket)
-            lead = not self._writing
-            self._writing = True
-        if not lead:
-            ticket.done.wait()
-        if lead or ticket.lead:
-            self._write_queue()
-        if ticket.error is not None:
-            raise ticket.error
+        self.submit(write).result()
 
-    def _write_queue(self) -> None:
-        with self._lock:
-            batch, self._queue = self._queue, []
-        try:
-            self._write(batch)
-        except BaseException as error:  # interrupted: no caller may take its row for stored
-            for ticket in batch:
-                ticket.error = ticket.error or error
-            raise
-        finally:
-            with self._lock:
-                successor = self._queue[0] if self._queue else None
-                if successor is None:
-                    self._writing = False
-                else:
-                    successor.lead = True
-            for ticket in batch:
-                ticket.done.set()
-            if successor is not None:
-                successor.done.set()
+    def close(self) -> None:
+        """Stop the writer once it has written what is queued (a later ``submit`` starts a new
+        one)."""
+        with self._wake:
+            writer, self._writer = self._writer, None
+            if writer is None or self._pid != os.getpid():
+                return
+            self._queue.append(_STOP)
+            self._wake.notify()
+        writer.join()
 
-    def _write(self, batch: Sequence[_Ticket]) -> None:
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._queue:
+                    self._wake.wait()
+                stop = _STOP in self._queue
+                batch = [q for q in self._queue if q is not _STOP]
+                self._queue = []
+            if batch:
+                try:
+                    self._write(batch)
+                except BaseException as error:  # never leave a caller waiting for ever
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(error)
+            if stop:
+                return
+
+    def _write(self, batch: Sequence[Queued]) -> None:
         try:
-            self._insert([t.write for t in batch])
+            self._insert([write for write, _ in batch])
         except Exception as error:
             if len(batch) == 1 or isinstance(error, OperationalError):
                 # The database is busy or gone: trying each row again would only wait again.
-                for ticket in batch:
-                    ticket.error = error
+                for _, future in batch:
+                    future.set_exception(error)
                 return
-            for ticket in batch:
+            for write, future in batch:
                 try:
-                    self._insert([ticket.write])
+                    self._insert([write])
                 except Exception as single:
-                    ticket.error = single
+                    future.set_exception(single)
+                else:
+                    future.set_result(None)
+            return
+        for _, future in batch:
+            future.set_result(None)
 
     def _insert(self, writes: Sequence[DecisionWrite]) -> None:
         # A later decision in the batch carries the newer attributes; ids in order so that

@@ -140,6 +140,7 @@ class Decision(SQLModel, table=True):
         Index("ix_decisions_customer_created", "customer_id", "created_at"),
         Index("ix_decisions_experience_created", "experience_key", "created_at"),
         Index("ix_decisions_experiment_created", "experiment_key", "created_at"),
+        Index("ix_decisions_customer_experiment", "customer_id", "experiment_key", "created_at"),
     )
 
     id: str = Field(primary_key=True, max_length=36)

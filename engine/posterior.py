@@ -70,13 +70,22 @@ class NetValueSummary:
     expected_loss: np.ndarray
 
 
-def summarize(alpha: np.ndarray, net: np.ndarray, value_draws: np.ndarray) -> NetValueSummary:
-    """alpha, net: (K, L); value_draws: (S, K) joint draws of each experience's net value."""
+def summarize(
+    alpha: np.ndarray,
+    net: np.ndarray,
+    value_draws: np.ndarray,
+    intervals: tuple[np.ndarray, np.ndarray] | None = None,
+) -> NetValueSummary:
+    """alpha, net: (K, L); value_draws: (S, K) joint draws of each experience's net value.
+
+    intervals: the 90% intervals (low, high), each (K,), when the caller already has them (a
+    worker remembers each cell's interval for the draws it shares, engine.runtime.CellDraws);
+    else they are the quantiles of ``value_draws``."""
     mean, var = net_value_moments(alpha, net)
     # One contiguous row of draws per experience: sorting rows is several times cheaper than
     # np.quantile over columns, and gives the same (linear, type 7) quantiles.
     by_experience = np.ascontiguousarray(value_draws.T)
-    low, high = quantiles(by_experience, (0.05, 0.95))
+    low, high = quantiles(by_experience, (0.05, 0.95)) if intervals is None else intervals
     n_draws, k = value_draws.shape
     p_best = np.bincount(value_draws.argmax(axis=1), minlength=k) / n_draws
     loss = (by_experience.max(axis=0) - by_experience).mean(axis=1)

@@ -25,6 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -39,7 +40,7 @@ from engine.attributes import segment_path
 from engine.auth import KeyCache
 from engine.catalog import Catalog, engine_state, load_catalog
 from engine.config import Settings
-from engine.db import WalCheckpointer, is_sqlite, make_engine, read_connection
+from engine.db import WalCheckpointer, is_sqlite, make_engine, read_connection, read_session
 from engine.decision_log import DecisionLog
 from engine.errors import InvalidInput
 from engine.hierarchy import NodeKey, TreePosterior, fit_tree
@@ -120,6 +121,7 @@ class CellDraws:
         self._draws: dict[CellKey, tuple[np.ndarray, np.ndarray]] = {}
         self._previous = previous._draws if previous is not None else {}
         self._bytes = 0
+        self._intervals: dict[tuple[CellKey, bytes], tuple[float, float]] = {}
         self.kept = 0
         """Cells whose draws came from the previous snapshot."""
 
@@ -143,9 +145,29 @@ class CellDraws:
                 self._bytes += draws.nbytes
         return draws
 
+    def interval(self, key: CellKey, net: np.ndarray, values: np.ndarray) -> tuple[float, float]:
+        """The 90% interval of ``values`` = the cell's draws times ``net`` (per level), remembered
+        for the cell's shared draws and that net value (a sort of S draws per candidate was a
+        fifth of a decision's cost). ``values`` must come from ``get(key, ...)``."""
+        memo = (key, net.tobytes())
+        found = self._intervals.get(memo)
+        if found is None:
+            low, high = posterior.quantiles(values[None, :], (0.05, 0.95))
+            found = (float(low[0]), float(high[0]))
+            if key in self._draws and len(self._intervals) < MAX_INTERVALS:
+                self._intervals[memo] = found
+        return found
+
     def __len__(self) -> int:
         return len(self._draws)
 
+
+MAX_INTERVALS = 100_000
+"""Intervals a snapshot remembers (cell x net values; about 200 bytes each)."""
+
+
+RULE_MEMO_ENTRIES = 4096
+"""durable-rules answers a worker remembers per rule-set version, by message (rules.runtime)."""
 
 KEEP_DRAWS_KL = 1e-4
 """Largest KL(new || old) between a cell's posteriors for its old draws to stand for the new one:
@@ -390,6 +412,10 @@ class Runtime:
     def session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
 
+    def read_session(self) -> AbstractContextManager[Session]:
+        """A session that only reads: no write lock on SQLite (engine.db.read_session)."""
+        return read_session(self.engine)
+
     # Catalog -----------------------------------------------------------------------------------
 
     def catalog(self, session: Session) -> Catalog:
@@ -444,7 +470,7 @@ class Runtime:
 
             names = {key: info.name for key, info in catalog.experiences.items()}
             if session is None:
-                with self.session() as own:
+                with self.read_session() as own:
                     active = load_active(own, names)
             else:
                 active = load_active(session, names)
@@ -462,7 +488,7 @@ class Runtime:
 
         with self._rules_lock:
             if self._rule_runtime is None:
-                self._rule_runtime = RuleRuntime()
+                self._rule_runtime = RuleRuntime(memo_entries=RULE_MEMO_ENTRIES)
             if self._rule_runtime.active_version != active.version:
                 try:
                     self._rule_runtime.activate(active.version, active.specs())
@@ -477,7 +503,8 @@ class Runtime:
             return None if self._rule_runtime is None else self._rule_runtime.counters()
 
     def close(self, *, release_engine: bool = True) -> None:
-        """Stop what the worker started: the rule runtime and, when ``release_engine`` and this
+        """Stop what the worker started: the rule runtime, the decision log's writer (after it
+        wrote what is queued) and, when ``release_engine`` and this
         runtime made its engine, the SQLite checkpointer and the connections (an engine passed
         in is the caller's)."""
         with self._rules_lock:
@@ -486,6 +513,7 @@ class Runtime:
                 self._rule_runtime = None
         with self._lock:
             self._rules = None  # its evaluator may be the host just closed
+        self.decision_log.close()
         if release_engine and self._owns_engine:
             if self.checkpointer is not None:
                 self.checkpointer.stop()
@@ -511,7 +539,7 @@ class Runtime:
         from rules.guardrails import Guardrails, list_guardrails
 
         if session is None:
-            with self.session() as own:
+            with self.read_session() as own:
                 rows = list_guardrails(session=own, active=True)
         else:
             rows = list_guardrails(session=session, active=True)
@@ -534,7 +562,7 @@ class Runtime:
                 return cached[1]  # type: ignore[index]
             from experiments.assign import load_running
 
-            with self.session() as session:
+            with self.read_session() as session:
                 loaded = load_running(session, catalog, time.monotonic())
             with self._lock:
                 self._experiments = (catalog.version, loaded)
@@ -655,6 +683,13 @@ class Runtime:
             return self._reload(catalog, now)
         finally:
             self._refresh_lock.release()
+
+    def stats_due(self) -> bool:
+        """Whether ``stats`` may read the statistics now (none yet, or past the refresh point),
+        which takes up to a few hundred milliseconds: a caller that must not block (the event
+        loop, engine.decisions.decide_async) hands such a decision to a thread."""
+        cached = self._stats
+        return cached is None or self.age(cached) >= self._refresh_due()
 
     def age(self, snapshot: StatsSnapshot) -> float:
         """Seconds since the cells of ``snapshot`` were read (or found unchanged)."""

@@ -13,22 +13,20 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import sqlmodel
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, bindparam, select
 from sqlmodel import Session, col
 
+from engine import prepared
 from engine.catalog import Catalog
-from engine.db import read_connection
 from engine.models import Decision
 from experiments.allocation import pick, unit
 from experiments.models import Experiment
 from rules.language import Predicate, compile_predicate, parse_rule
 
 __all__ = ["Assignment", "RunningExperiments", "enrolments", "load_running"]
-
-ENROLMENT_LOOKBACK = 20
-"""Experiment decisions of a customer read back to find their enrolment (newest first)."""
 
 
 @dataclass(frozen=True)
@@ -127,18 +125,37 @@ def _started(row: Experiment) -> str:
     return starts[0] if starts else ""
 
 
-def enrolments(engine: Engine, customer_id: str, keys: Sequence[str]) -> dict[str, str]:
-    """experiment key -> arm of the customer's most recent decision in each of ``keys``."""
-    statement = (
-        select(col(Decision.experiment_key), col(Decision.arm))
-        .where(col(Decision.customer_id) == customer_id)
-        .where(col(Decision.experiment_key).in_(list(keys)))
-        .order_by(col(Decision.created_at).desc())
-        .limit(ENROLMENT_LOOKBACK)
-    )
+def enrolments(
+    reader: Any, engine: Engine, customer_id: str, keys: Sequence[str]
+) -> dict[str, str]:
+    """experiment key -> arm of the customer's most recent decision in each of ``keys``.
+
+    The hot path of a decision while experiments run: one lookup per running experiment through
+    ix_decisions_customer_experiment, compiled once per dialect (engine.prepared) and run on
+    ``reader``, a cursor of ``engine`` outside any transaction (no write lock on SQLite)."""
+    statement = _prepared_enrolment(engine)
     found: dict[str, str] = {}
-    with read_connection(engine) as connection:  # no write lock on SQLite: this is the hot path
-        for key, arm in connection.execute(statement):
-            if key is not None and arm is not None:
-                found.setdefault(key, arm)
+    for key in keys:
+        parameters = statement.parameters({"customer_id": customer_id, "experiment_key": key})
+        reader.execute(statement.sql, parameters)
+        rows = statement.fetch(reader)
+        if rows and rows[0][0] is not None:
+            found[key] = rows[0][0]
+    return found
+
+
+_ENROLMENT = (
+    select(col(Decision.arm))
+    .where(col(Decision.customer_id) == bindparam("customer_id"))
+    .where(col(Decision.experiment_key) == bindparam("experiment_key"))
+    .order_by(col(Decision.created_at).desc())
+    .limit(1)
+)
+_PREPARED: dict[str, prepared.Prepared] = {}
+
+
+def _prepared_enrolment(engine: Engine) -> prepared.Prepared:
+    found = _PREPARED.get(engine.dialect.name)
+    if found is None:
+        found = _PREPARED[engine.dialect.name] = prepared.Prepared.compile(_ENROLMENT, engine)
     return found

@@ -132,6 +132,8 @@ class _Version:
     shard_names: list[str] = field(default_factory=list)
     in_flight: int = 0
     retired: bool = False
+    answers: dict[tuple[tuple[str, int], ...], int | None] = field(default_factory=dict)
+    """durable-rules' answers by message, when the runtime remembers them (``memo_entries``)."""
 
     def python_answer(self, attributes: Mapping[str, Any]) -> int | None:
         for index, predicate in enumerate(self.predicates):
@@ -146,9 +148,16 @@ class RuleRuntime:
     ``sid_pool``: session ids evaluations take one each of (durable-rules finds states by a 32-bit
     hash of the id: the pool's hashes are distinct). An id whose state could not be deleted is
     retired. At most ``min(MAX_CONCURRENT, sid_pool)`` evaluations run in durable-rules at once.
+
+    ``memo_entries``: how many of durable-rules' answers to remember per version, by message. A
+    message holds the codes of the customer's values against the thresholds the rules test, so
+    customers alike in every tested respect send the same message, and a version's answer to a
+    message never changes: a worker meets a few hundred distinct messages, and a remembered one is
+    answered without the 60-120 us (GIL held) of a durable-rules post. 0 asks durable-rules every
+    time. Fallback answers (durable-rules failed) are never remembered.
     """
 
-    def __init__(self, *, sid_pool: int = 256) -> None:
+    def __init__(self, *, sid_pool: int = 256, memo_entries: int = 0) -> None:
         if isinstance(sid_pool, bool) or not isinstance(sid_pool, int):
             raise InvalidInput(f"sid_pool must be an integer, got {sid_pool!r}", field="sid_pool")
         if not 1 <= sid_pool <= MAX_SID_POOL:
@@ -171,8 +180,9 @@ class RuleRuntime:
         self._slots = threading.BoundedSemaphore(self._concurrent)
         self._fired: dict[str, list[int]] = {}
         self._counting = threading.Lock()
+        self._memo_entries = memo_entries
         self._counters = dict.fromkeys(
-            ("evaluations", "fallbacks", "errors", "activations", "retired_sids"), 0
+            ("evaluations", "remembered", "fallbacks", "errors", "activations", "retired_sids"), 0
         )
 
     # Versions ------------------------------------------------------------------------------------
@@ -223,7 +233,8 @@ class RuleRuntime:
             return None if self._active is None else self._active.number
 
     def counters(self) -> dict[str, int]:
-        """evaluations, fallbacks (answered by Python), errors (durable-rules failures),
+        """evaluations, remembered (answered from the memo of durable-rules' answers), fallbacks
+        (answered by Python), errors (durable-rules failures),
         activations, retired_sids, and loaded_rulesets (durable rulesets not freed yet)."""
         with self._counting:
             counters = dict(self._counters)
@@ -259,12 +270,20 @@ class RuleRuntime:
         try:
             message = version.compiled.encode(attributes)
             fallback = False
-            try:
-                index = self._ask(version, message)
-            except Exception:
-                logger.exception("rules: durable-rules failed on version %s", version.number)
-                self._count("errors", "fallbacks")
-                index, fallback = version.python_answer(attributes), True
+            memo_key = tuple(message.items())  # the keys in the version's fixed order
+            if memo_key in version.answers:
+                index = version.answers[memo_key]
+                self._count("remembered")
+            else:
+                try:
+                    index = self._ask(version, message)
+                except Exception:
+                    logger.exception("rules: durable-rules failed on version %s", version.number)
+                    self._count("errors", "fallbacks")
+                    index, fallback = version.python_answer(attributes), True
+                else:
+                    if len(version.answers) < self._memo_entries:
+                        version.answers[memo_key] = index
         finally:
             with self._lock:
                 version.in_flight -= 1

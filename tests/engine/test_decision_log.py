@@ -51,10 +51,11 @@ def run_together(log: DecisionLog, writes: list[DecisionWrite]) -> list[BaseExce
     """Log ``writes`` from one thread each while the first transaction is held open until all
     the others have queued, so that they must share the second one."""
     insert = log._insert
-    gate = threading.Event()
+    writing, gate = threading.Event(), threading.Event()
 
     def slow_first(batch: Any) -> None:
         if not gate.is_set():
+            writing.set()
             while len(log._queue) < len(writes) - 1:
                 time.sleep(0.001)
             gate.set()
@@ -71,8 +72,7 @@ def run_together(log: DecisionLog, writes: list[DecisionWrite]) -> list[BaseExce
 
     first = threading.Thread(target=one, args=(0,))
     first.start()
-    while not log._writing:
-        time.sleep(0.001)
+    assert writing.wait(timeout=30)
     others = [threading.Thread(target=one, args=(i,)) for i in range(1, len(writes))]
     for thread in others:
         thread.start()
@@ -131,3 +131,15 @@ def test_a_busy_database_fails_the_batch_without_retrying_each_row(log: Decision
     errors = run_together(log, [DecisionWrite(decision()) for _ in range(4)])
     assert all(isinstance(e, OperationalError) for e in errors)
     assert calls == [1, 3]
+
+
+def test_closing_writes_what_is_queued_and_a_later_decision_starts_a_new_writer(
+    log: DecisionLog, runtime: Runtime
+) -> None:
+    futures = [log.submit(DecisionWrite(decision())) for _ in range(5)]
+    log.close()
+    assert all(f.result(timeout=0) is None for f in futures)
+    assert count(runtime, Decision) == 5
+    log.log(DecisionWrite(decision()))
+    assert count(runtime, Decision) == 6
+    log.close()

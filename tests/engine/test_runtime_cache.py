@@ -131,6 +131,25 @@ def test_cell_draws_are_kept_per_snapshot_within_the_budget() -> None:
     assert len(tight) == 1
 
 
+def test_a_cells_interval_is_remembered_per_net_value_and_equals_the_draws_quantiles() -> None:
+    alpha = np.array([20.0, 50.0, 30.0])
+    cell = ("plan=basic", "a", 0)
+    draws = CellDraws(2000, np.random.default_rng(4))
+    sample = draws.get(cell, alpha)
+    for net in (np.array([0.0, 100.0, 160.0]), np.array([-10.0, 90.0, 150.0])):
+        net32 = net.astype(np.float32)
+        values = sample @ net32
+        low, high = draws.interval(cell, net32, values)
+        assert (low, high) == pytest.approx(np.quantile(values, [0.05, 0.95]), rel=1e-6)
+        # Remembered: the same answer without looking at the values again.
+        assert draws.interval(cell, net32, np.zeros_like(values)) == (low, high)
+    # A cell whose draws are not shared (over the budget) is never remembered.
+    tight = CellDraws(2000, np.random.default_rng(4), budget_bytes=0)
+    net32 = np.array([0.0, 100.0, 160.0], dtype=np.float32)
+    values = tight.get(cell, alpha) @ net32
+    assert tight.interval(cell, net32, values) != tight.interval(cell, net32, values + 1.0)
+
+
 @pytest.fixture
 def slow_loads(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """Every statistics load takes 0.5 s; returns the start times of the loads."""

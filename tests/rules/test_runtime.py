@@ -244,6 +244,27 @@ def test_compiler_shaped_rules_run_in_durable_rules_without_fallback(rt: RuleRun
     assert rt.counters()["fallbacks"] == 0
 
 
+def test_remembered_answers_are_durable_rules_answers_per_version() -> None:
+    """With a memo, customers alike in every tested respect are answered from durable-rules'
+    earlier answer: the same as the reference evaluator, never carried into another version."""
+    rng = random.Random(11)
+    with RuleRuntime(memo_entries=4096) as memo:
+        for version in (1, 2):
+            rules = segment_rules(rng)
+            expected = reference(rules)
+            memo.activate(version, rules)
+            people = some_customers(rng, 600)
+            for person in people + people:
+                got = memo.evaluate(person)
+                assert (got and got.rule_id) == expected(person), person
+                assert got is None or (got.version, got.fallback) == (version, False)
+        counters = memo.counters()
+    assert counters["evaluations"] == 2400
+    # Every second look is remembered, and some first looks (customers alike in what is tested).
+    assert 1200 < counters["remembered"] < 2400
+    assert (counters["errors"], counters["fallbacks"]) == (0, 0)
+
+
 def test_stress_four_threads_evaluate_while_versions_swap_and_roll_back(rt: RuleRuntime) -> None:
     """4 threads evaluate nonstop while the main thread makes 200 activations (a third of them
     rollbacks to an earlier version): every answer is the Python evaluator's on the version it ran
