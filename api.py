@@ -164,7 +164,7 @@ class Allow:
 
 
 def _check_key(runtime: Runtime, key: str) -> auth.CheckedKey | None:
-    with runtime.session() as session:
+    with runtime.read_session() as session:  # no SQLite write lock: every request passes here
         return auth.check_key(session=session, cache=runtime.keys, key=key)
 
 

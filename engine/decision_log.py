@@ -15,10 +15,13 @@ fails as a whole.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +31,8 @@ from sqlalchemy.exc import OperationalError
 
 from engine import prepared
 from engine.models import Customer, Decision
+
+log = logging.getLogger(__name__)
 
 DECISIONS: Table = Decision.__table__  # type: ignore[attr-defined]
 CUSTOMERS: Table = Customer.__table__  # type: ignore[attr-defined]
@@ -42,8 +47,23 @@ class DecisionWrite:
     customer: dict[str, Any] | None = None
 
 
-Queued = tuple[DecisionWrite, "Future[None]"]
-_STOP: Queued = (DecisionWrite({}), Future())
+class _Entry:
+    """A queued decision and who waits for its commit: a thread (``future``) or a coroutine
+    (``waiter``, an asyncio future of ``loop``)."""
+
+    __slots__ = ("future", "loop", "waiter", "write")
+
+    def __init__(
+        self,
+        write: DecisionWrite,
+        future: Future[None] | None = None,
+        waiter: asyncio.Future[None] | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.write, self.future, self.waiter, self.loop = write, future, waiter, loop
+
+
+_STOP = _Entry(DecisionWrite({}))
 """Queued by ``close``: the writer stops after the batch it is in."""
 
 
@@ -57,32 +77,48 @@ class DecisionLog:
             insert(DECISIONS), engine, [c.name for c in DECISIONS.columns]
         )
         self._wake = threading.Condition()
-        self._queue: list[Queued] = []
+        self._queue: list[_Entry] = []
         self._writer: threading.Thread | None = None
+        self._idle = False
+        """The writer waits for work: only then does a new entry need to wake it."""
         self._pid = os.getpid()
         self.transactions = 0
         self.decisions = 0
 
     def submit(self, write: DecisionWrite) -> Future[None]:
         """Queue ``write``; the future resolves once it is committed (or with what storing it
-        raised). Starts the writer thread when none runs (first use, after ``close``, or in a
-        forked child, which does not inherit its parent's thread)."""
+        raised)."""
         future: Future[None] = Future()
-        with self._wake:
-            if self._pid != os.getpid():
-                self._pid, self._writer, self._queue = os.getpid(), None, []
-            self._queue.append((write, future))
-            if self._writer is None:
-                self._writer = threading.Thread(
-                    target=self._run, name="nextbest-decision-log", daemon=True
-                )
-                self._writer.start()
-            self._wake.notify()
+        self._enqueue(_Entry(write, future=future))
         return future
 
     def log(self, write: DecisionWrite) -> None:
         """Store ``write``; returns once committed, raises what storing it raised."""
         self.submit(write).result()
+
+    async def log_async(self, write: DecisionWrite) -> None:
+        """``log`` for a coroutine: the event loop goes on while the write waits for its commit;
+        the writer resolves a whole batch's waiters of a loop with one call into it."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._enqueue(_Entry(write, waiter=waiter, loop=loop))
+        await waiter
+
+    def _enqueue(self, entry: _Entry) -> None:
+        """Starts the writer thread when none runs (first use, after ``close``, or in a forked
+        child, which does not inherit its parent's thread)."""
+        with self._wake:
+            if self._pid != os.getpid():
+                self._pid, self._writer, self._queue = os.getpid(), None, []
+            self._queue.append(entry)
+            if self._writer is None:
+                self._writer = threading.Thread(
+                    target=self._run, name="nextbest-decision-log", daemon=True
+                )
+                self._idle = False
+                self._writer.start()
+            elif self._idle:
+                self._wake.notify()
 
     def close(self) -> None:
         """Stop the writer once it has written what is queued (a later ``submit`` starts a new
@@ -99,39 +135,39 @@ class DecisionLog:
         while True:
             with self._wake:
                 while not self._queue:
+                    self._idle = True
                     self._wake.wait()
+                self._idle = False
                 stop = _STOP in self._queue
-                batch = [q for q in self._queue if q is not _STOP]
+                batch = [entry for entry in self._queue if entry is not _STOP]
                 self._queue = []
-            if batch:
-                try:
-                    self._write(batch)
-                except BaseException as error:  # never leave a caller waiting for ever
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(error)
+            try:
+                errors = self._write([entry.write for entry in batch])
+            except BaseException as error:  # never leave a caller waiting for ever
+                log.exception("decision log: a batch of %d failed", len(batch))
+                errors = [error] * len(batch)
+            _settle(batch, errors)
             if stop:
                 return
 
-    def _write(self, batch: Sequence[Queued]) -> None:
+    def _write(self, writes: Sequence[DecisionWrite]) -> list[BaseException | None]:
+        """What storing each of ``writes`` raised (None: committed)."""
         try:
-            self._insert([write for write, _ in batch])
+            self._insert(writes)
         except Exception as error:
-            if len(batch) == 1 or isinstance(error, OperationalError):
+            if len(writes) == 1 or isinstance(error, OperationalError):
                 # The database is busy or gone: trying each row again would only wait again.
-                for _, future in batch:
-                    future.set_exception(error)
-                return
-            for write, future in batch:
+                return [error] * len(writes)
+            errors: list[BaseException | None] = []
+            for write in writes:
                 try:
                     self._insert([write])
                 except Exception as single:
-                    future.set_exception(single)
+                    errors.append(single)
                 else:
-                    future.set_result(None)
-            return
-        for _, future in batch:
-            future.set_result(None)
+                    errors.append(None)
+            return errors
+        return [None] * len(writes)
 
     def _insert(self, writes: Sequence[DecisionWrite]) -> None:
         # A later decision in the batch carries the newer attributes; ids in order so that
@@ -149,6 +185,31 @@ class DecisionLog:
             )
         self.transactions += 1
         self.decisions += len(writes)
+
+
+def _settle(batch: Sequence[_Entry], errors: Sequence[BaseException | None]) -> None:
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[None], Any]]] = {}
+    for entry, error in zip(batch, errors, strict=True):
+        if entry.future is not None:
+            if error is None:
+                entry.future.set_result(None)
+            else:
+                entry.future.set_exception(error)
+        elif entry.waiter is not None and entry.loop is not None:
+            by_loop.setdefault(entry.loop, []).append((entry.waiter, error))
+    for loop, waiters in by_loop.items():
+        with suppress(RuntimeError):  # the loop has closed: nobody waits any more
+            loop.call_soon_threadsafe(_wake_waiters, waiters)
+
+
+def _wake_waiters(waiters: Sequence[tuple[asyncio.Future[None], BaseException | None]]) -> None:
+    for waiter, error in waiters:
+        if waiter.done():  # the request was cancelled
+            continue
+        if error is None:
+            waiter.set_result(None)
+        else:
+            waiter.set_exception(error)
 
 
 def _customer_upsert(engine: Engine) -> prepared.Prepared:

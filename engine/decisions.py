@@ -9,7 +9,6 @@ delivered.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import uuid
 from collections.abc import Mapping
@@ -104,7 +103,7 @@ async def decide_async(*, runtime: Runtime, decision_in: DecisionIn) -> Decision
         write, public, catalog = await run_in_threadpool(_choose_reading, runtime, decision_in)
     else:
         write, public, catalog = _choose_reading(runtime, decision_in)
-    await asyncio.wrap_future(runtime.decision_log.submit(write))
+    await runtime.decision_log.log_async(write)
     runtime.guardrails(None, catalog).chose(public.experience)
     metrics.count_decision(public.source)
     return public

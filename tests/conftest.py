@@ -84,8 +84,10 @@ def settings(database_url: str) -> Settings:
 
 
 @pytest.fixture
-def runtime(db: Engine, settings: Settings) -> Runtime:
-    return Runtime(settings, engine=db)
+def runtime(db: Engine, settings: Settings) -> Iterator[Runtime]:
+    runtime = Runtime(settings, engine=db)
+    yield runtime
+    runtime.close(release_engine=False)  # its threads (decision log, rules); the engine is shared
 
 
 @pytest.fixture

@@ -253,3 +253,27 @@ def test_no_decision_answered_201_is_lost_when_a_worker_is_killed(
         for source in ("thompson", "explore", "rule", "exploit")
     )
     assert counted >= len(answered)
+
+
+@pytest.mark.skipif(bool(os.environ.get("NEXTBEST_TEST_DATABASE_URL")), reason="SQLite's lock")
+def test_reads_answer_while_another_process_holds_the_sqlite_write_lock(
+    client: TestClient, business: Any, keys: Headers, database_url: str
+) -> None:
+    """Requests that only read (GET, and a decision's own reads and reloads) take no write lock:
+    they answer at once while a writer elsewhere holds it (before, a GET began IMMEDIATE and
+    waited out the busy timeout, 30 s)."""
+    import sqlite3
+
+    path = database_url.removeprefix("sqlite:///")
+    holder = sqlite3.connect(path, isolation_level=None, timeout=0)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        started = time.monotonic()
+        for url in ("/v1/experiences", "/v1/outcome-scale", "/v1/audit", "/healthz"):
+            response = client.get(url, headers=keys["admin"])
+            assert response.status_code == 200, (url, response.text)
+        # The held lock blocks writes only: a decision waits for its commit, not for its reads.
+        assert time.monotonic() - started < 10
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()

@@ -161,7 +161,7 @@ def viewer_of(request: Request) -> Viewer | None:
     if session.key_id is None:
         return None
     runtime = runtime_of(request)
-    with runtime.session() as db:
+    with runtime.read_session() as db:  # every page passes here: no SQLite write lock
         row = db.get(ApiKey, session.key_id)
     if row is None or row.revoked_at is not None:
         return None
@@ -190,8 +190,10 @@ MarketerViewer = Annotated[Viewer, Depends(Needs("marketer"))]
 
 
 def db_session(request: Request) -> Any:
-    """One transaction per page: committed when the route returns, rolled back on error."""
-    with runtime_of(request).session() as session:
+    """One transaction per page: committed when the route returns, rolled back on error. A GET
+    reads: on SQLite it does not take the write lock (engine.db.read_session)."""
+    runtime = runtime_of(request)
+    with runtime.read_session() if request.method == "GET" else runtime.session() as session:
         try:
             yield session
             session.commit()

@@ -3,6 +3,7 @@ shared transactions, a bad one failing alone."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
@@ -142,4 +143,42 @@ def test_closing_writes_what_is_queued_and_a_later_decision_starts_a_new_writer(
     assert count(runtime, Decision) == 5
     log.log(DecisionWrite(decision()))
     assert count(runtime, Decision) == 6
+    log.close()
+
+
+def test_coroutines_await_their_commit_and_share_transactions(
+    log: DecisionLog, runtime: Runtime
+) -> None:
+    insert, held = log._insert, threading.Event()
+
+    def first_waits_for_the_others(batch: Any) -> None:
+        if not held.is_set():  # the writer may have taken a few at once: wait for the rest
+            held.set()
+            while len(batch) + len(log._queue) < 20:
+                time.sleep(0.001)
+        insert(batch)
+
+    log._insert = first_waits_for_the_others  # type: ignore[method-assign]
+    writes = [DecisionWrite(decision()) for _ in range(20)]
+
+    async def all_at_once() -> list[Any]:
+        return await asyncio.gather(*(log.log_async(w) for w in writes), return_exceptions=True)
+
+    assert asyncio.run(all_at_once()) == [None] * 20
+    assert count(runtime, Decision) == 20
+    assert (log.transactions, log.decisions) == (2, 20)
+    log.close()
+
+
+def test_a_coroutines_bad_decision_fails_alone(log: DecisionLog, runtime: Runtime) -> None:
+    writes = [DecisionWrite(decision()) for _ in range(8)]
+    writes[5] = DecisionWrite(decision(experience="yacht"))
+
+    async def all_at_once() -> list[Any]:
+        return await asyncio.gather(*(log.log_async(w) for w in writes), return_exceptions=True)
+
+    results = asyncio.run(all_at_once())
+    assert isinstance(results[5], IntegrityError)
+    assert [r for i, r in enumerate(results) if i != 5] == [None] * 7
+    assert count(runtime, Decision) == 7
     log.close()

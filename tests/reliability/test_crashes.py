@@ -58,7 +58,9 @@ def _assert_no_drift(runtime: Runtime) -> None:
 
 
 def _committed(runtime: Runtime) -> int:
-    with Session(runtime.engine) as session:
+    # A read session: on SQLite it must not queue for the write lock, which the import takes
+    # back to back, batch after batch (the poll would see the import only once it finished).
+    with runtime.read_session() as session:
         run = session.exec(select(ImportRun)).first()
         return run.rows_committed if run is not None else 0
 
