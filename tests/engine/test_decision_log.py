@@ -166,7 +166,8 @@ def test_coroutines_await_their_commit_and_share_transactions(
 
     assert asyncio.run(all_at_once()) == [None] * 20
     assert count(runtime, Decision) == 20
-    assert (log.transactions, log.decisions) == (2, 20)
+    # The first transaction held the writer until all 20 were queued: at most one more.
+    assert log.transactions <= 2 and log.decisions == 20
     log.close()
 
 
