@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from engine.posterior import MIN_EXPLORATION
+
 
 class Settings(BaseSettings):
     """Every knob of a nextbest process. Environment variables: ``NEXTBEST_<NAME>``."""
@@ -21,7 +23,7 @@ class Settings(BaseSettings):
         default=None, description="When set, an admin key with this value exists after start-up"
     )
     min_exploration: float = Field(
-        default=0.05,
+        default=MIN_EXPLORATION,
         ge=0,
         lt=1,
         description="Share of decisions chosen uniformly among eligible experiences",

@@ -42,7 +42,7 @@ class HierarchicalThompson:
         order: Sequence[str] | None,
         control: int | None = None,
         half_life_days: float = 90.0,
-        min_exploration: float = 0.05,
+        min_exploration: float = posterior.MIN_EXPLORATION,
         refit_every: int = 250,
     ) -> None:
         """net_values: shape (K, L), value of each level minus the cost incurred on it."""

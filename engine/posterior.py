@@ -10,6 +10,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+MIN_EXPLORATION = 0.02
+"""Default share of decisions chosen uniformly (the service's ``min_exploration`` and the
+simulated policy's). Thompson sampling already explores wherever the posterior is uncertain; the
+uniform share exists so that every eligible experience keeps a propensity of at least
+``MIN_EXPLORATION / K`` for off-policy evaluation. Its price is about that share of uniform
+random's regret (each uniform pick costs what uniform costs on average): at 0.05 it was about 5%
+of uniform's regret for nothing Thompson sampling does not already do. 0.02 keeps the floor at
+0.25% with eight experiences (IPS weights at most 400); on the simulator, seeds 1-5, regret was
+0.481 of uniform's at 0.05, 0.472 at 0.02 and 0.466 at 0.01, the last two within run-to-run noise,
+so the floor that halves the worst importance weight wins."""
+
 
 def dirichlet_mean(alpha: np.ndarray) -> np.ndarray:
     """E[p] = alpha / sum(alpha). alpha: shape (..., L) -> (..., L)."""
