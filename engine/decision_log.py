@@ -5,11 +5,12 @@ A transaction per decision costs a commit per decision: a WAL flush on PostgreSQ
 the database-wide write lock, which worker processes would otherwise pass back and forth (a writer
 that finds it taken sleeps a millisecond or more). Here one writer thread per worker stores what
 ``submit`` queues: it takes everything queued, writes it in one transaction, and resolves each
-decision's future once that transaction has committed; decisions queued meanwhile go into the
-next one. A caller answers only after its future resolved (``log`` waits for it; the API awaits it
-on the event loop, engine.decisions.decide_async), so nothing is answered before it is stored. A
-batch that fails on a row (an integrity error) is retried one decision per transaction, so that a
-bad row fails its own request only; one that fails because the database is busy or unreachable
+decision's waiter once that transaction has committed; decisions queued meanwhile go into the
+next one. (A thread calling ``log`` while nothing is being written or queued writes its decision
+itself.) A caller answers only after its decision committed (``log`` returns then; the API awaits
+it on the event loop, engine.decisions.decide_async), so nothing is answered before it is stored.
+A batch that fails on a row (an integrity error) is retried one decision per transaction, so that
+a bad row fails its own request only; one that fails because the database is busy or unreachable
 fails as a whole.
 """
 
@@ -81,6 +82,8 @@ class DecisionLog:
         self._writer: threading.Thread | None = None
         self._idle = False
         """The writer waits for work: only then does a new entry need to wake it."""
+        self._busy = False
+        """A transaction is being written (by the writer, or by a thread in ``log``)."""
         self._pid = os.getpid()
         self.transactions = 0
         self.decisions = 0
@@ -93,8 +96,26 @@ class DecisionLog:
         return future
 
     def log(self, write: DecisionWrite) -> None:
-        """Store ``write``; returns once committed, raises what storing it raised."""
-        self.submit(write).result()
+        """Store ``write``; returns once committed, raises what storing it raised.
+
+        When nothing is being written or queued, the calling thread writes it at once (no hand-off
+        to the writer, whose wake-up would be most of a lone decision's latency); otherwise it
+        queues for the writer's next transaction."""
+        with self._wake:
+            inline = not self._busy and not self._queue and self._pid == os.getpid()
+            self._busy = self._busy or inline
+        if not inline:
+            self.submit(write).result()
+            return
+        try:
+            (error,) = self._write([write])
+        finally:
+            with self._wake:
+                self._busy = False
+                if self._queue and self._idle:
+                    self._wake.notify()
+        if error is not None:
+            raise error
 
     async def log_async(self, write: DecisionWrite) -> None:
         """``log`` for a coroutine: the event loop goes on while the write waits for its commit;
@@ -134,10 +155,10 @@ class DecisionLog:
     def _run(self) -> None:
         while True:
             with self._wake:
-                while not self._queue:
+                while not self._queue or self._busy:
                     self._idle = True
                     self._wake.wait()
-                self._idle = False
+                self._idle, self._busy = False, True
                 stop = _STOP in self._queue
                 batch = [entry for entry in self._queue if entry is not _STOP]
                 self._queue = []
@@ -146,6 +167,9 @@ class DecisionLog:
             except BaseException as error:  # never leave a caller waiting for ever
                 log.exception("decision log: a batch of %d failed", len(batch))
                 errors = [error] * len(batch)
+            finally:
+                with self._wake:
+                    self._busy = False
             _settle(batch, errors)
             if stop:
                 return

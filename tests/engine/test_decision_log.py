@@ -88,6 +88,23 @@ def test_one_caller_commits_alone(log: DecisionLog, runtime: Runtime) -> None:
     assert count(runtime, Decision) == 1
 
 
+def test_a_lone_caller_writes_in_its_own_thread_and_others_queue_meanwhile(
+    log: DecisionLog, runtime: Runtime
+) -> None:
+    insert, writers = log._insert, []
+
+    def record(batch: Any) -> None:
+        writers.append(threading.current_thread().name)
+        insert(batch)
+
+    log._insert = record  # type: ignore[method-assign]
+    log.log(DecisionWrite(decision()))
+    assert writers == [threading.current_thread().name]
+    assert run_together(log, [DecisionWrite(decision()) for _ in range(5)]) == [None] * 5
+    assert writers[2:] == ["nextbest-decision-log"]  # the four queued behind the first
+    assert count(runtime, Decision) == 6
+
+
 def test_concurrent_decisions_share_a_transaction(log: DecisionLog, runtime: Runtime) -> None:
     errors = run_together(log, [DecisionWrite(decision()) for _ in range(12)])
     assert errors == [None] * 12
