@@ -27,12 +27,18 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 log = logging.getLogger("nextbest.db")
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL, foreign keys and a 30 s busy timeout."""
+def make_engine(url: str, *, pool_size: int | None = None) -> Engine:
+    """An engine for ``url``; SQLite gets WAL, foreign keys and a 30 s busy timeout.
+
+    pool_size: a fixed pool of that many connections (no overflow, 10 s wait), instead of the
+    default 20 + 20 (SQLite) or 10 + 20 (PostgreSQL)."""
+    fixed = {"pool_size": pool_size, "max_overflow": 0, "pool_timeout": 10} if pool_size else None
     if url.startswith("sqlite"):
         in_memory = url in ("sqlite://", "sqlite:///:memory:")
         pool: dict[str, Any] = (
-            {"poolclass": StaticPool} if in_memory else {"pool_size": 20, "max_overflow": 20}
+            {"poolclass": StaticPool}
+            if in_memory
+            else fixed or {"pool_size": 20, "max_overflow": 20}
         )
         engine = create_engine(
             url, connect_args={"check_same_thread": False, "timeout": 30}, **pool
@@ -42,7 +48,7 @@ def make_engine(url: str) -> Engine:
         # that a writer takes the lock up front instead of failing on upgrade (SQLITE_BUSY).
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    engine = create_engine(url, pool_size=10, max_overflow=20)
+    engine = create_engine(url, **(fixed or {"pool_size": 10, "max_overflow": 20}))
     event.listen(engine, "checkin", _checked_in)
     event.listen(engine, "checkout", _ping_if_idle)
     return engine

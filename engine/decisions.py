@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Mapping
-from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -81,7 +80,7 @@ def decide(*, runtime: Runtime, decision_in: DecisionIn) -> DecisionPublic:
     active rule set and guardrails are cached per catalog version too: a short-lived session
     reads them when the version moves, and the guardrails' counts when any are active.
     """
-    write, public, catalog = _choose_reading(runtime, decision_in)
+    write, public, catalog = _choose(runtime, decision_in)
     runtime.decision_log.log(write)
     runtime.guardrails(None, catalog).chose(public.experience)
     metrics.count_decision(public.source)
@@ -93,36 +92,32 @@ async def decide_async(*, runtime: Runtime, decision_in: DecisionIn) -> Decision
     awaited, so a worker's concurrent decisions never compete for the interpreter lock in a pool
     of threads (which cost more than the decisions under load), and still share transactions.
 
-    What may block the loop: the customer's indexed read (a few tens of microseconds on SQLite,
-    a round trip on PostgreSQL), the reload of the running experiments every
-    ``experiment_refresh_seconds``, and of the catalog, rules and guardrails when their version
-    moves. A decision that would read the statistics (``Runtime.stats_due``) runs on a thread
-    instead, while the loop goes on with the snapshot it has.
+    What may block the loop: the customer's indexed read (a few tens of microseconds on SQLite),
+    the reload of the running experiments every ``experiment_refresh_seconds``, and of the
+    catalog, rules and guardrails when their version moves. A decision that would read the
+    statistics (``Runtime.stats_due``) runs on a thread instead, while the loop goes on with the
+    snapshot it has; so does every decision on PostgreSQL, whose reads are network round trips
+    that other requests' work should overlap (``Runtime.reads_block``).
     """
-    if runtime.stats_due():
-        write, public, catalog = await run_in_threadpool(_choose_reading, runtime, decision_in)
+    if runtime.reads_block or runtime.stats_due():
+        write, public, catalog = await run_in_threadpool(_choose, runtime, decision_in)
     else:
-        write, public, catalog = _choose_reading(runtime, decision_in)
+        write, public, catalog = _choose(runtime, decision_in)
     await runtime.decision_log.log_async(write)
     runtime.guardrails(None, catalog).chose(public.experience)
     metrics.count_decision(public.source)
     return public
 
 
-def _choose_reading(
+def _choose(
     runtime: Runtime, decision_in: DecisionIn
 ) -> tuple[DecisionWrite, DecisionPublic, Catalog]:
-    with prepared.cursor(runtime.engine, write=False) as reader:
-        return _choose(runtime, decision_in, reader)
+    """The decision, what it stores, and the catalog it was made on.
 
-
-def _choose(
-    runtime: Runtime, decision_in: DecisionIn, reader: Any
-) -> tuple[DecisionWrite, DecisionPublic, Catalog]:
-    """The decision, what it stores, and the catalog it was made on; ``reader`` is a cursor
-    outside any transaction for the customer's row and experiment enrolments (one pooled
-    connection for both)."""
-    version, stored, exposures = read_customer(runtime, decision_in.customer_id, reader)
+    A pooled connection is held only for one read at a time, never while waiting for a cache
+    reload (which needs a connection of its own: threads holding one each while they wait for the
+    reload could take the whole pool)."""
+    version, stored, exposures = read_customer(runtime, decision_in.customer_id)
     catalog = runtime.catalog_at(version)
     scale_labels = catalog.require_scale().labels
     _check_overrides(catalog, decision_in)
@@ -157,7 +152,7 @@ def _choose(
     assignment = (
         None
         if decision_in.exploit
-        else _assignment(runtime, catalog, decision_in, attributes, keys, now, reader)
+        else _assignment(runtime, catalog, decision_in, attributes, keys, now)
     )
     rule = (
         None
@@ -241,16 +236,16 @@ def _assignment(
     attributes: Mapping[str, Any],
     keys: list[str],
     now: dt.datetime,
-    reader: Any,
 ) -> Assignment | None:
     """The customer's experiment arm, if a running experiment takes them (experiments.assign).
     Reads the customer's enrolments only while some experiment runs."""
     running = runtime.experiments(catalog)
     if not running:
         return None
-    enrolled = enrolments(
-        reader, runtime.engine, decision_in.customer_id, [e.key for e in running.experiments]
-    )
+    with prepared.cursor(runtime.engine, write=False) as reader:
+        enrolled = enrolments(
+            reader, runtime.engine, decision_in.customer_id, [e.key for e in running.experiments]
+        )
     return running.assign(
         customer_id=decision_in.customer_id,
         attributes=attributes,
@@ -261,20 +256,17 @@ def _assignment(
 
 
 def read_customer(
-    runtime: Runtime, customer_id: str, reader: Any = None
+    runtime: Runtime, customer_id: str
 ) -> tuple[int | None, dict[str, Any] | None, dict[str, int]]:
     """(catalog version, the customer's stored attributes, its exposures per experience).
 
     The version is None while the database has no engine state yet; the attributes are None for
-    an unknown customer. One statement, outside any transaction, on ``reader`` or on a cursor of
-    its own (engine.prepared).
+    an unknown customer. One statement, outside any transaction (engine.prepared).
     """
     statement = _prepared_state(runtime)
-    with ExitStack() as stack:
-        if reader is None:
-            reader = stack.enter_context(prepared.cursor(runtime.engine, write=False))
-        reader.execute(statement.sql, statement.parameters({"customer_id": customer_id}))
-        rows = statement.fetch(reader)
+    with prepared.cursor(runtime.engine, write=False) as cursor:
+        cursor.execute(statement.sql, statement.parameters({"customer_id": customer_id}))
+        rows = statement.fetch(cursor)
     if not rows:
         return None, None, {}
     version, attributes = rows[0][0], rows[0][1]

@@ -684,6 +684,12 @@ class Runtime:
         finally:
             self._refresh_lock.release()
 
+    @property
+    def reads_block(self) -> bool:
+        """Whether a read waits on a network round trip (PostgreSQL), rather than reading a local
+        file (SQLite): the event loop should not wait for it."""
+        return not is_sqlite(self.engine)
+
     def stats_due(self) -> bool:
         """Whether ``stats`` may read the statistics now (none yet, or past the refresh point),
         which takes up to a few hundred milliseconds: a caller that must not block (the event

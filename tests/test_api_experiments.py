@@ -384,3 +384,44 @@ def test_a_concluded_winner_is_promoted_into_the_next_rule_set(
     ).json()
     assert decision["rule"]["id"] == first["rule_id"]
     assert decision["experiment"] is None  # the experiment is over
+
+
+def test_concurrent_decisions_never_hold_the_pool_while_a_reload_waits(
+    client: TestClient, keys: Headers, business: Any, database_url: str
+) -> None:
+    """Eight threads decide through a pool of three connections while every decision reloads
+    the running experiments (refresh interval 0): a decision holds a connection only for one
+    read at a time, never while it waits for another thread's reload (which needs a connection
+    of its own), so the pool never runs dry (it did: 32 connections on a server deadlocked)."""
+    import threading
+
+    from engine.db import make_engine
+    from engine.decisions import decide
+    from engine.schemas import DecisionIn
+
+    marketer = keys["marketer"]
+    assert client.post("/v1/experiments", json=DEFINITION, headers=marketer).status_code == 201
+    assert client.post("/v1/experiments/winter-discount:start", headers=marketer).status_code == 200
+    ids = customers(client, keys, 16)
+    small = make_engine(database_url, pool_size=3)
+    runtime = Runtime(
+        Settings(database_url=database_url, experiment_refresh_seconds=0, seed=5), engine=small
+    )
+    errors: list[BaseException] = []
+
+    def decide_some(offset: int) -> None:
+        try:
+            for cid in ids[offset::2]:
+                decide(runtime=runtime, decision_in=DecisionIn(customer_id=cid))
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=decide_some, args=(i % 2,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    runtime.close(release_engine=False)
+    small.dispose()
+    assert errors == []
+    assert all(not thread.is_alive() for thread in threads)
