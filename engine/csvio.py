@@ -17,15 +17,16 @@ import csv
 import datetime as dt
 import gc
 import hashlib
+import marshal
 import math
 import os
-import pickle
 import re
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, TextIO
 
@@ -193,7 +194,8 @@ class _EventParser:
         self._now = now
         self._latest = now + FUTURE_TOLERANCE
         where = {name: i for i, name in enumerate(header)}
-        self._fields = tuple(where.get(name) for name in EVENT_COLUMNS)
+        # A field the header lacks reads the empty cell appended after the row's cells.
+        self._fields = itemgetter(*(where.get(name, len(header)) for name in EVENT_COLUMNS))
         self._experiences = frozenset(catalog.experiences)
         self._results = frozenset(catalog.scale.labels if catalog.scale else ())
         self._attributes = tuple(
@@ -201,19 +203,23 @@ class _EventParser:
             for i, name in enumerate(header)
             if name not in EVENT_COLUMNS
         )
+        # The cells of the attributes, then the appended empty cell twice: always a tuple.
+        indices = [i for i, _, _ in self._attributes]
+        self._attribute_cells = itemgetter(*indices, len(header), len(header))
         self._seen: dict[tuple[str, ...], dict[str, Any]] = {}
 
     def __call__(self, cells: list[str]) -> tuple[Any, ...]:
-        fast = self._fast(cells) if len(cells) == len(self._header) else None
-        if fast is not None:
-            return fast
+        if len(cells) == len(self._header):
+            cells.append("")  # what the fields the header lacks read (self._fields)
+            fast = self._fast(cells)
+            cells.pop()
+            if fast is not None:
+                return fast
         triple = _parse_row("events", self._catalog, _as_dict(self._header, cells), self._now)
         return spooled_triple(triple)
 
     def _fast(self, cells: list[str]) -> tuple[Any, ...] | None:
-        customer_id, experience, result, occurred, value, cost, key = (
-            "" if i is None else cells[i] for i in self._fields
-        )
+        customer_id, experience, result, occurred, value, cost, key = self._fields(cells)
         if (
             _CUSTOMER_ID.fullmatch(customer_id) is None
             or experience not in self._experiences
@@ -228,20 +234,20 @@ class _EventParser:
         attributes = self._converted(cells)
         if attributes is None:
             return None
-        naive = moment.replace(tzinfo=None)
         # A TripleRow: request_hash is left to store_rows, which computes it for keyed rows.
-        fields = (customer_id, experience, result, naive, *money, attributes, key or None)
+        when = moment.replace(tzinfo=None).isoformat(" ", "microseconds")  # triples.time_text
+        fields = (customer_id, experience, result, when, *money, attributes, key or None)
         return (*fields, None, "event", None, None)
 
     def _converted(self, cells: list[str]) -> dict[str, Any] | None:
         """The row's attributes (None: a cell for parse_event to judge). A customer's rows carry
-        the same cells: they share one dict, which the spool then pickles once per batch."""
-        raw = tuple(cells[i] for i, _, _ in self._attributes)
+        the same cells: they share one dict, which the spool then writes once per batch."""
+        raw = self._attribute_cells(cells)
         found = self._seen.get(raw)
         if found is not None:
             return found
         attributes: dict[str, Any] = {}
-        for (_, name, convert), text in zip(self._attributes, raw, strict=True):
+        for (_, name, convert), text in zip(self._attributes, raw, strict=False):
             if text:
                 clean = convert(text)
                 if clean is _SLOW:
@@ -423,11 +429,16 @@ def _import_csv(
 
 def _spooled(spool: BinaryIO) -> Iterator[list[Any]]:
     """The validated batches back from the spool: TripleRows for events, tuples for customers."""
-    while True:
-        try:
-            yield pickle.load(spool)
-        except EOFError:
-            return
+    while header := spool.read(8):
+        yield marshal.loads(spool.read(int.from_bytes(header, "little")))
+
+
+def _spool(spool: BinaryIO, rows: list[Any]) -> None:
+    """Append a batch to the spool, its length first (marshal.load reading a file object asks
+    it for every value separately: several times slower than loads of the batch's bytes)."""
+    data = marshal.dumps(rows)
+    spool.write(len(data).to_bytes(8, "little"))
+    spool.write(data)
 
 
 def _validate(
@@ -469,7 +480,7 @@ def _validate(
             try:
                 parsed.append(parse(cells))
                 if len(parsed) >= batch_size:
-                    pickle.dump(parsed, spool, protocol=pickle.HIGHEST_PROTOCOL)
+                    _spool(spool, parsed)
                     parsed = []
             except ImportFailed:
                 raise
@@ -488,7 +499,7 @@ def _validate(
                 writer.writerow([line, error.field or "", error.message, *cells])
                 bad.add(line)
         if parsed:
-            pickle.dump(parsed, spool, protocol=pickle.HIGHEST_PROTOCOL)
+            _spool(spool, parsed)
         if not header:
             _check_header(kind, [], catalog)
     finally:

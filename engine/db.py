@@ -132,7 +132,8 @@ def insert_columns(
     session: Session, statement: Insert, columns: Mapping[str, Sequence[Any]]
 ) -> None:
     """Run an INSERT (or upsert) for rows given column by column: ``columns`` maps the table's
-    column names to their values, all of the same length. Naive datetimes mean UTC.
+    column names to their values, all of the same length. Timestamps are aware datetimes, naive
+    ones meaning UTC, or the text SQLite stores for them (``2026-10-01 08:30:00.000000``, UTC).
 
     On SQLite, SQLAlchemy's per-row parameter handling costs more than the insert itself on large
     batches, so the statement is compiled once (and kept: build statements once and pass the same
@@ -154,10 +155,7 @@ def insert_columns(
         session.execute(statement, [dict(zip(names, row, strict=True)) for row in rows])
         return
     sql, order = _compiled(statement, dialect, tuple(names))
-    encoded = []
-    for name in order:
-        encode = _sqlite_encoder(table.c[name].type, dialect)
-        encoded.append(columns[name] if encode is None else list(map(encode, columns[name])))
+    encoded = [_sqlite_column(table.c[name].type, dialect, columns[name]) for name in order]
     session.connection().exec_driver_sql(sql, list(zip(*encoded, strict=True)))
 
 
@@ -178,26 +176,35 @@ def _compiled(statement: Insert, dialect: Any, names: tuple[str, ...]) -> tuple[
     return found[1], found[2]
 
 
-def _sqlite_encoder(column_type: Any, dialect: Any) -> Callable[[Any], Any] | None:
-    """How SQLite stores values of ``column_type`` (None: as they are). Timestamps and JSON are
-    encoded once per object: an import's rows share their attribute dicts, and every row of a
-    batch shares its recorded_at."""
+def _sqlite_column(column_type: Any, dialect: Any, values: Sequence[Any]) -> Sequence[Any]:
+    """``values`` as SQLite stores them in a column of ``column_type``.
+
+    Timestamps and JSON are encoded once per object: an import's rows share their attribute
+    dicts, and every row of a batch its recorded_at; timestamps given as stored text stay.
+    """
+    first = values[0]
     if isinstance(column_type, _AwareDateTime):
-        return _Memo(_sqlite_time)
+        if isinstance(first, str) and all(type(value) is str for value in values):
+            return values
+        if values.count(first) == len(values):  # one moment for all
+            return [_sqlite_time(first)] * len(values)
+        return list(map(_Memo(_sqlite_time), values))
     if isinstance(column_type, JSON):
-        return _Memo(json.dumps)
-    bind: Callable[[Any], Any] | None = column_type.bind_processor(dialect)
-    return bind
+        return list(map(_Memo(json.dumps), values))
+    bind = column_type.bind_processor(dialect)
+    return values if bind is None else list(map(bind, values))
 
 
 def _aware(value: Any) -> Any:
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
     return value.replace(tzinfo=dt.UTC) if value is not None and value.tzinfo is None else value
 
 
-def _sqlite_time(value: dt.datetime | None) -> str | None:
+def _sqlite_time(value: dt.datetime | str | None) -> str | None:
     """A timestamp as SQLAlchemy stores it on SQLite (``2026-10-01 08:30:00.000000``, UTC)."""
-    if value is None:
-        return None
+    if value is None or isinstance(value, str):
+        return value
     if value.tzinfo is not None:
         value = value.astimezone(dt.UTC).replace(tzinfo=None)
     return value.isoformat(" ", "microseconds")
