@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from itertools import chain
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -255,7 +256,7 @@ def add_exposures(
             "SET count = exposures.count + excluded.count "
             "RETURNING customer_id, experience_key, count"
         )
-        flat = tuple(item for (pair, n) in chunk for item in (*pair, n))
+        flat = tuple(chain.from_iterable((c, e, n) for (c, e), n in chunk))
         for cid, exp, count in connection.exec_driver_sql(sql, flat).fetchall():
             after[(cid, exp)] = count
     return after

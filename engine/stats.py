@@ -63,10 +63,15 @@ class TripleFacts(NamedTuple):
     cost: float | None
 
 
+Fact = tuple[str, str, int, str, dt.datetime, float | None, float | None]
+"""The fields of TripleFacts as a plain tuple (what zipping a batch's columns gives)."""
+
+
 def increments(
-    facts: Iterable[TripleFacts], *, epoch: dt.datetime, half_life_days: float
+    facts: Iterable[Fact], *, epoch: dt.datetime, half_life_days: float
 ) -> dict[CellKey, list[float]]:
-    """Per-cell sums [weight, value_weight, value_sum, cost_weight, cost_sum] of ``facts``.
+    """Per-cell sums [weight, value_weight, value_sum, cost_weight, cost_sum] of ``facts``
+    (TripleFacts, or plain tuples of its fields).
 
     The weight of each fact is ``scaled_weight`` (inlined: imports sum millions); ``epoch`` and
     the facts' times are both aware or both naive UTC.

@@ -273,14 +273,20 @@ def store_rows(
     fresh = _dedupe_keys([r for r in rows if r[_KEY] not in replayed] if replayed else rows)
     stored: list[StoredTriple] = []
     if fresh:
-        snapshots = _customers(session, catalog, fresh)
-        exposures = _exposures(session, fresh)
-        ids = _insert_outcomes(session, fresh, snapshots, exposures, report=report)
-        _add_to_cells(session, catalog, fresh, snapshots, exposures)
-        for source, n in Counter(row[_SOURCE] for row in fresh).items():
+        # Column by column: zip and map run over a batch's columns without a Python-level loop.
+        columns: dict[str, Sequence[Any]] = dict(
+            zip(_OUTCOME_COLUMNS, zip(*fresh, strict=True), strict=True)
+        )
+        customer_ids, experience_keys = columns["customer_id"], columns["experience_key"]
+        snapshots = _customers(session, catalog, customer_ids, columns["attributes"])
+        exposures = _exposures(session, customer_ids, experience_keys)
+        now = utcnow()
+        columns.update(attributes=snapshots, exposure=exposures, recorded_at=[now] * len(fresh))
+        ids = _insert_outcomes(session, columns, report=report)
+        _add_to_cells(session, catalog, columns)
+        for source, n in Counter(columns["source"]).items():
             metrics.count_triples(source, n)
         if report:
-            recorded = utcnow()
             stored = [
                 StoredTriple(
                     id=i,
@@ -291,7 +297,7 @@ def store_rows(
                     value=value,
                     cost=cost,
                     occurred_at=_aware_time(occurred_at),
-                    recorded_at=recorded,
+                    recorded_at=now,
                     exposure=exposure,
                     idempotency_key=key,
                 )
@@ -352,66 +358,56 @@ def _outcome_insert(returning: bool) -> Insert:
 
 
 def _insert_outcomes(
-    session: Session,
-    rows: Sequence[TripleRow],
-    snapshots: list[Mapping[str, Any]],
-    exposures: list[int],
-    *,
-    report: bool,
+    session: Session, columns: dict[str, Sequence[Any]], *, report: bool
 ) -> Sequence[int]:
-    """Insert result rows and return their ids in row order (none without ``report``).
+    """Insert result rows given column by column and return their ids in row order (none
+    without ``report``).
 
     PostgreSQL batches INSERT ... RETURNING. SQLite would run RETURNING one row at a time, so it
     inserts with executemany and reads the new ids back: the transaction holds the database's
     write lock from BEGIN IMMEDIATE (engine.db), so the ids after the previous maximum are ours.
     """
-    fields = zip(*rows, strict=True)
-    columns: dict[str, Sequence[Any]] = dict(zip(_OUTCOME_COLUMNS, fields, strict=True))
-    columns["attributes"] = snapshots
-    columns["exposure"] = exposures
-    columns["recorded_at"] = [utcnow()] * len(rows)
     table: Table = Outcome.__table__  # type: ignore[attr-defined]
     if not report:
         insert_columns(session, _outcome_insert(False), columns)
         return []
+    size = len(columns["customer_id"])
     if session.get_bind().dialect.name == "postgresql":
-        occurred = [_aware_time(text) for text in columns["occurred_at"]]
-        values = [
-            dict(zip(columns, row, strict=True))
-            for row in zip(*{**columns, "occurred_at": occurred}.values(), strict=True)
-        ]
+        aware = {**columns, "occurred_at": list(map(_aware_time, columns["occurred_at"]))}
+        values = [dict(zip(aware, row, strict=True)) for row in zip(*aware.values(), strict=True)]
         return session.execute(_outcome_insert(True), values).scalars().all()
     before = session.execute(select(func.coalesce(func.max(table.c.id), 0))).scalar_one()
     insert_columns(session, _outcome_insert(False), columns)
     ids = session.execute(select(table.c.id).where(table.c.id > before).order_by(table.c.id))
     found = ids.scalars().all()
-    if len(found) != len(rows):
+    if len(found) != size:
         raise RuntimeError("SQLite ids were not assigned in one block; is BEGIN IMMEDIATE off?")
     return found
 
 
-def _add_to_cells(
-    session: Session,
-    catalog: Catalog,
-    rows: Sequence[TripleRow],
-    snapshots: list[Mapping[str, Any]],
-    exposures: list[int],
-) -> None:
+def _add_to_cells(session: Session, catalog: Catalog, columns: dict[str, Sequence[Any]]) -> None:
     """Add the results to their cells (those an isolated experiment holds back wait)."""
     segment_of: dict[int, str] = {}  # by snapshot: an import's rows share their attribute dicts
     segments = []
-    for snapshot in snapshots:
+    for snapshot in columns["attributes"]:
         segment = segment_of.get(id(snapshot))
         if segment is None:
             segment = segment_of[id(snapshot)] = catalog.finest_segment(snapshot)
         segments.append(segment)
-    moment = dt.datetime.fromisoformat  # the rows' times are naive UTC, and so is this epoch
-    epoch = catalog.epoch.astimezone(dt.UTC).replace(tzinfo=None)
-    facts = (
-        stats.TripleFacts(segment, row[1], exposure, row[2], moment(row[3]), row[4], row[5])
-        for segment, exposure, row in zip(segments, exposures, rows, strict=True)
-        if row[_HELD_FOR] is None
+    facts: Iterable[stats.Fact] = zip(
+        segments,
+        columns["experience_key"],
+        columns["exposure"],
+        columns["result"],
+        map(dt.datetime.fromisoformat, columns["occurred_at"]),  # naive UTC, as is this epoch
+        columns["value"],
+        columns["cost"],
+        strict=True,
     )
+    held = columns["held_for"]
+    if any(h is not None for h in held):
+        facts = (fact for fact, h in zip(facts, held, strict=True) if h is None)
+    epoch = catalog.epoch.astimezone(dt.UTC).replace(tzinfo=None)
     sums = stats.increments(facts, epoch=epoch, half_life_days=catalog.half_life_days)
     stats.apply_increments(session, sums)
 
@@ -463,36 +459,40 @@ def _customer_insert(dialect_name: str) -> Insert:
 
 
 def _customers(
-    session: Session, catalog: Catalog, rows: Sequence[TripleRow]
+    session: Session,
+    catalog: Catalog,
+    customer_ids: Sequence[str],
+    attributes: Sequence[Mapping[str, Any]],
 ) -> list[Mapping[str, Any]]:
     """Attribute snapshots: the stored profile with the triple's attributes over it.
 
     Unknown customers are created with the attributes of their first triple.
     """
-    ids = list(dict.fromkeys(row[_CUSTOMER] for row in rows))
+    ids = list(dict.fromkeys(customer_ids))
     # A triple that carries every declared attribute is its own snapshot: for its customer only
     # existence matters, and reading ids skips decoding the stored profile.
     declared = len(catalog.specs)
-    partial = {row[_CUSTOMER] for row in rows if len(row[_ATTRIBUTES]) < declared}
+    partial = {
+        cid for cid, given in zip(customer_ids, attributes, strict=True) if len(given) < declared
+    }
     profiles: dict[str, Mapping[str, Any]] = {}
     table: Table = Customer.__table__  # type: ignore[attr-defined]
     connection = session.connection()  # Core rows: the ORM's result loading costs more here
     for part in _chunks(ids):
         wanted = [c for c in part if c in partial]
         if wanted:
-            for cid, attributes in connection.execute(
+            for cid, stored in connection.execute(
                 sa_select(table.c.id, table.c.attributes).where(table.c.id.in_(wanted))
             ).all():
-                profiles[cid] = attributes
+                profiles[cid] = stored
         known = [c for c in part if c not in partial] if partial else part
         if known:
-            for cid in connection.execute(sa_select(table.c.id).where(table.c.id.in_(known))):
-                profiles[cid[0]] = {}
+            for (cid,) in connection.execute(sa_select(table.c.id).where(table.c.id.in_(known))):
+                profiles[cid] = {}
     new: dict[str, Mapping[str, Any]] = {}
-    for row in rows:
-        cid = row[_CUSTOMER]
+    for cid, given in zip(customer_ids, attributes, strict=True):
         if cid not in profiles and cid not in new:
-            new[cid] = row[_ATTRIBUTES]
+            new[cid] = given
     if new:
         now = utcnow()
         insert_columns(
@@ -508,25 +508,26 @@ def _customers(
         )
         profiles.update(new)
     if not partial:
-        return [row[_ATTRIBUTES] for row in rows]
+        return list(attributes)
     return [
-        {**profiles[row[_CUSTOMER]], **row[_ATTRIBUTES]}
-        if row[_CUSTOMER] in partial
-        else row[_ATTRIBUTES]
-        for row in rows
+        {**profiles[cid], **given} if cid in partial else given
+        for cid, given in zip(customer_ids, attributes, strict=True)
     ]
 
 
-def _exposures(session: Session, rows: Sequence[TripleRow]) -> list[int]:
+def _exposures(
+    session: Session, customer_ids: Sequence[str], experience_keys: Sequence[str]
+) -> list[int]:
     """Earlier exposures of each triple's customer to its experience, counted atomically."""
-    pairs = Counter((row[_CUSTOMER], row[_EXPERIENCE]) for row in rows)
-    after = add_exposures(session, sorted(pairs.items()))
-    running = {pair: after[pair] - k for pair, k in pairs.items()}
+    pairs = list(zip(customer_ids, experience_keys, strict=True))
+    counts = Counter(pairs)
+    after = add_exposures(session, sorted(counts.items()))
+    running = {pair: after[pair] - k for pair, k in counts.items()}
     earlier = []
-    for row in rows:
-        pair = (row[_CUSTOMER], row[_EXPERIENCE])
-        earlier.append(running[pair])
-        running[pair] += 1
+    for pair in pairs:
+        n = running[pair]
+        earlier.append(n)
+        running[pair] = n + 1
     return earlier
 
 
