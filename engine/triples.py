@@ -521,7 +521,8 @@ def _exposures(
     """Earlier exposures of each triple's customer to its experience, counted atomically."""
     pairs = list(zip(customer_ids, experience_keys, strict=True))
     counts = Counter(pairs)
-    after = add_exposures(session, sorted(counts.items()))
+    # Sorting the pairs (not the items): tuples of strings take the sort's fast comparisons.
+    after = add_exposures(session, [(pair, counts[pair]) for pair in sorted(counts)])
     running = {pair: after[pair] - k for pair, k in counts.items()}
     earlier = []
     for pair in pairs:
