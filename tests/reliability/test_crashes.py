@@ -22,6 +22,7 @@ import httpx
 import pytest
 from sqlmodel import Session, col, func, select
 
+from engine.db import read_connection
 from engine.integrity import verify
 from engine.models import Decision, ImportRun, Outcome
 from engine.runtime import Runtime
@@ -58,9 +59,12 @@ def _assert_no_drift(runtime: Runtime) -> None:
 
 
 def _committed(runtime: Runtime) -> int:
-    with Session(runtime.engine) as session:
-        run = session.exec(select(ImportRun)).first()
-        return run.rows_committed if run is not None else 0
+    # Read outside a transaction: on SQLite a session would queue for the write lock between the
+    # import's batches, and the import (a batch of 500 rows takes milliseconds) could finish
+    # while the poll waits.
+    with read_connection(runtime.engine) as connection:
+        found = connection.execute(select(col(ImportRun.rows_committed))).first()
+        return int(found[0]) if found is not None else 0
 
 
 def test_kill_9_during_an_import_then_resume(
