@@ -16,9 +16,8 @@ import functools
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import numpy as np
 from sqlalchemy import Insert, Table, delete, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -27,6 +26,9 @@ from sqlmodel import Session, col, select
 from engine.catalog import Catalog
 from engine.db import insert_columns, keyset_pages
 from engine.models import CellStat, Outcome
+
+if TYPE_CHECKING:
+    import numpy as np
 
 EXPOSURE_BUCKETS = 3
 """Buckets of earlier exposures of the same experience: 0, 1, 2 or more."""
@@ -206,6 +208,8 @@ def drift(
     rtol: float = 1e-9,
 ) -> list[dict[str, Any]]:
     """Cells where the stored statistics differ from a replay (beyond float summation order)."""
+    import numpy as np  # here, not at the top: `nextbest import` starts faster without numpy
+
     differences = []
     for key in sorted(set(stored) | set(replayed)):
         a = stored.get(key, [0.0] * 5)
@@ -243,6 +247,8 @@ class CellTable:
 
 
 def load_cell_table(session: Session, *, catalog: Catalog, now: dt.datetime) -> CellTable:
+    import numpy as np  # see drift
+
     names = (
         "segment",
         "experience_key",
