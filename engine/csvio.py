@@ -319,8 +319,8 @@ def file_sha256(path: Path) -> str:
 BATCH_SIZE = 20_000
 """Rows per transaction. Each commit writes every page its batch touched to the write-ahead log,
 and a batch touches pages of the cell and exposure tables all over: fewer, larger batches write
-them fewer times (100k rows on SQLite: 5,000-row batches took about a third longer). A batch holds
-the write lock for about a second."""
+them fewer times (100k rows on SQLite: 5,000-row batches took about 30% more CPU time). A batch
+holds SQLite's write lock for about a second."""
 
 
 def import_csv(
@@ -350,8 +350,8 @@ def _few_collections() -> Iterator[None]:
 
     An import allocates millions of short-lived tuples and dicts, none of them in reference cycles
     (reference counting frees them), while the parser's and the catalog's memos keep hundreds of
-    thousands of objects alive: every default collection walks those memos again, a quarter of
-    the import's time. The default thresholds come back afterwards.
+    thousands of objects alive: every default collection walks those memos again (a fifth of the
+    CPU time of a 100k-row import). The default thresholds come back afterwards.
     """
     thresholds = gc.get_threshold()
     gc.set_threshold(max(thresholds[0], 50_000), thresholds[1], max(thresholds[2], 100))

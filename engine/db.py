@@ -139,8 +139,8 @@ def insert_columns(
     On SQLite, SQLAlchemy's per-row parameter handling costs more than the insert itself on large
     batches, so the statement is compiled once (and kept: build statements once and pass the same
     object) and run by the DBAPI cursor's executemany. Each value is stored as its column type
-    stores it: timestamps and JSON through the encoders of ``_sqlite_encoder`` (a test holds them
-    equal to SQLAlchemy's), other types through their bind processor.
+    stores it: timestamps and JSON as ``_sqlite_column`` encodes them (tests/engine/test_db.py
+    holds that equal to SQLAlchemy's binding), other types through their bind processor.
     """
     names = list(columns)
     size = len(columns[names[0]]) if names else 0

@@ -102,7 +102,7 @@ _SUMS = ("weight", "value_weight", "value_sum", "cost_weight", "cost_sum")
 @functools.cache
 def _cell_upsert(dialect_name: str) -> Insert:
     """``INSERT ... ON CONFLICT DO UPDATE SET weight = weight + excluded.weight, ...``: the atomic
-    add, built once (execute_many compiles each statement object once)."""
+    add, built once (insert_columns compiles each statement object once)."""
     table: Table = CellStat.__table__  # type: ignore[attr-defined]
     statement = (postgresql.insert if dialect_name == "postgresql" else sqlite.insert)(table)
     return statement.on_conflict_do_update(

@@ -350,7 +350,7 @@ _OUTCOME_COLUMNS = (
 
 @functools.cache
 def _outcome_insert(returning: bool) -> Insert:
-    """The INSERT of results, built once (execute_many compiles each statement object once)."""
+    """The INSERT of results, built once (insert_columns compiles each statement object once)."""
     table: Table = Outcome.__table__  # type: ignore[attr-defined]
     if returning:
         return insert(table).returning(table.c.id, sort_by_parameter_order=True)
