@@ -142,7 +142,9 @@ def import_(
     skip_bad: Annotated[
         bool, typer.Option(help="Import the good rows; bad ones go to a side file")
     ] = False,
-    batch_size: Annotated[int, typer.Option(min=1, max=100_000)] = 5000,
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=100_000, help="Rows per transaction")
+    ] = 20_000,
     quiet: Annotated[bool, typer.Option(help="No progress bar")] = False,
 ) -> None:
     """Import events.csv (triples) or customers.csv, streaming, one transaction per batch."""

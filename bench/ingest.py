@@ -7,6 +7,7 @@ databases, dropped afterwards.
 
     python bench/ingest.py                  # SQLite and PostgreSQL (if reachable), 100k and 1M
     python bench/ingest.py --quick          # 20k rows, SQLite only
+    python bench/ingest.py --repeat 3       # each figure the median of three runs (shared machine)
 """
 
 from __future__ import annotations
@@ -118,6 +119,20 @@ finally:
 """
 
 
+def _load() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median rate, with every run's rate and load average beside it."""
+    ordered = sorted(runs, key=lambda run: run["triples_per_s"])
+    chosen = dict(ordered[(len(ordered) - 1) // 2])
+    if len(runs) > 1:
+        chosen["runs_triples_per_s"] = [run["triples_per_s"] for run in runs]
+        chosen["runs_load_1min"] = [run["load_1min"] for run in runs]
+    return chosen
+
+
 def csv_import(url: str, path: Path, rows: int) -> dict[str, Any]:
     start = time.perf_counter()
     done = subprocess.run(
@@ -136,6 +151,7 @@ def csv_import(url: str, path: Path, rows: int) -> dict[str, Any]:
         "seconds": round(seconds, 2),
         "triples_per_s": round(rows / seconds),
         "peak_rss_mib": round(peak_kib / 1024, 1),
+        "load_1min": _load(),
     }
 
 
@@ -195,6 +211,7 @@ def batch_api(url: str, path: Path, rows: int, batch: int = 5000) -> dict[str, A
         "seconds": round(seconds, 2),
         "triples_per_s": round(len(events) / seconds),
         "median_batch_seconds": round(statistics.median(per_batch), 3),
+        "load_1min": _load(),
     }
 
 
@@ -215,6 +232,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="20k rows on SQLite only")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs of each measurement; the median is reported"
+    )
     args = parser.parse_args()
     sizes = [20_000] if args.quick else [100_000, 1_000_000]
     kinds = ["sqlite"] if args.quick else ["sqlite", "postgresql"]
@@ -240,10 +260,16 @@ def main() -> None:
             write_events(files[n], n)
         for kind in kinds:
             for n in sizes:
+                runs = []
+                for _ in range(args.repeat):
+                    with database(kind, workdir) as url:
+                        runs.append(csv_import(url, files[n], n))
+                result["csv_import"][f"{kind}_{n}"] = median_run(runs)
+            runs = []
+            for _ in range(args.repeat):
                 with database(kind, workdir) as url:
-                    result["csv_import"][f"{kind}_{n}"] = csv_import(url, files[n], n)
-            with database(kind, workdir) as url:
-                result["batch_api"][kind] = batch_api(url, files[sizes[0]], min(sizes[0], 50_000))
+                    runs.append(batch_api(url, files[sizes[0]], min(sizes[0], 50_000)))
+            result["batch_api"][kind] = median_run(runs)
     print(json.dumps(result, indent=2))
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")

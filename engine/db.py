@@ -7,21 +7,26 @@ keys on and a busy timeout so that a CLI import and the server can share one fil
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import json
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from itertools import chain
 from pathlib import Path
 from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, Insert, create_engine, event
+from sqlalchemy import JSON, Connection, Engine, Insert, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, SQLModel, col, select
+
+from engine.models import DateTime as _AwareDateTime
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 log = logging.getLogger("nextbest.db")
@@ -142,28 +147,106 @@ def dialect_insert(session: Session) -> Any:
 
 
 def execute_many(session: Session, statement: Insert, rows: list[dict[str, Any]]) -> None:
-    """Run an INSERT (or upsert) for many rows whose keys are the table's column names.
+    """Run an INSERT (or upsert) for many rows whose keys are the table's column names."""
+    if rows:
+        names = list(rows[0])
+        insert_columns(session, statement, {name: [row[name] for row in rows] for name in names})
+
+
+def insert_columns(
+    session: Session, statement: Insert, columns: Mapping[str, Sequence[Any]]
+) -> None:
+    """Run an INSERT (or upsert) for rows given column by column: ``columns`` maps the table's
+    column names to their values, all of the same length. Timestamps are aware datetimes, naive
+    ones meaning UTC, or the text SQLite stores for them (``2026-10-01 08:30:00.000000``, UTC).
 
     On SQLite, SQLAlchemy's per-row parameter handling costs more than the insert itself on large
-    batches, so the statement is compiled once and run by the DBAPI cursor's executemany; each
-    value still goes through its column type's bind processor, so what is stored is the same.
+    batches, so the statement is compiled once (and kept: build statements once and pass the same
+    object) and run by the DBAPI cursor's executemany. Each value is stored as its column type
+    stores it: timestamps and JSON as ``_sqlite_column`` encodes them (tests/engine/test_db.py
+    holds that equal to SQLAlchemy's binding), other types through their bind processor.
     """
-    if not rows:
+    names = list(columns)
+    size = len(columns[names[0]]) if names else 0
+    if not size:
         return
     dialect = session.get_bind().dialect
+    table = statement.table
     if dialect.name != "sqlite":
-        session.execute(statement, rows)
+        for name in names:
+            if isinstance(table.c[name].type, _AwareDateTime):
+                columns = {**columns, name: [_aware(v) for v in columns[name]]}
+        rows = zip(*columns.values(), strict=True)
+        session.execute(statement, [dict(zip(names, row, strict=True)) for row in rows])
         return
-    compiled = statement.compile(dialect=dialect, column_keys=list(rows[0]))
-    names = list(compiled.positiontup or ())
-    # Column by column: map() runs each bind processor without a Python-level loop per value.
-    columns = []
-    for name in names:
-        given = [row[name] for row in rows]
-        bind = statement.table.c[name].type.bind_processor(dialect)
-        columns.append(given if bind is None else list(map(bind, given)))
-    values = list(zip(*columns, strict=True))
-    session.connection().exec_driver_sql(str(compiled), values)
+    sql, order = _compiled(statement, dialect, tuple(names))
+    encoded = [_sqlite_column(table.c[name].type, dialect, columns[name]) for name in order]
+    session.connection().exec_driver_sql(sql, list(zip(*encoded, strict=True)))
+
+
+_COMPILED: dict[tuple[int, str, tuple[str, ...]], tuple[Insert, str, list[str]]] = {}
+
+
+def _compiled(statement: Insert, dialect: Any, names: tuple[str, ...]) -> tuple[str, list[str]]:
+    """The SQL text of ``statement`` for ``names`` and its parameters in order, compiled once per
+    statement object (compiling costs milliseconds: as much as storing one outcome)."""
+    key = (id(statement), dialect.name, names)
+    found = _COMPILED.get(key)
+    if found is None or found[0] is not statement:
+        if len(_COMPILED) >= 256:
+            _COMPILED.clear()
+        compiled = statement.compile(dialect=dialect, column_keys=list(names))
+        found = (statement, str(compiled), list(compiled.positiontup or ()))
+        _COMPILED[key] = found
+    return found[1], found[2]
+
+
+def _sqlite_column(column_type: Any, dialect: Any, values: Sequence[Any]) -> Sequence[Any]:
+    """``values`` as SQLite stores them in a column of ``column_type``.
+
+    Timestamps and JSON are encoded once per object: an import's rows share their attribute
+    dicts, and every row of a batch its recorded_at; timestamps given as stored text stay.
+    """
+    first = values[0]
+    if isinstance(column_type, _AwareDateTime):
+        if isinstance(first, str) and all(type(value) is str for value in values):
+            return values
+        if values.count(first) == len(values):  # one moment for all
+            return [_sqlite_time(first)] * len(values)
+        return list(map(_Memo(_sqlite_time), values))
+    if isinstance(column_type, JSON):
+        return list(map(_Memo(json.dumps), values))
+    bind = column_type.bind_processor(dialect)
+    return values if bind is None else list(map(bind, values))
+
+
+def _aware(value: Any) -> Any:
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    return value.replace(tzinfo=dt.UTC) if value is not None and value.tzinfo is None else value
+
+
+def _sqlite_time(value: dt.datetime | str | None) -> str | None:
+    """A timestamp as SQLAlchemy stores it on SQLite (``2026-10-01 08:30:00.000000``, UTC)."""
+    if value is None or isinstance(value, str):
+        return value
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.UTC).replace(tzinfo=None)
+    return value.isoformat(" ", "microseconds")
+
+
+class _Memo:
+    """``encode`` once per object. Keyed by id, so it lives only while the values do."""
+
+    def __init__(self, encode: Callable[[Any], Any]) -> None:
+        self._encode = encode
+        self._done: dict[int, Any] = {}
+
+    def __call__(self, value: Any) -> Any:
+        found = self._done.get(id(value))
+        if found is None:
+            found = self._done[id(value)] = self._encode(value)
+        return found
 
 
 EXPOSURE_CHUNK = 1024
@@ -197,7 +280,7 @@ def add_exposures(
             "SET count = exposures.count + excluded.count "
             "RETURNING customer_id, experience_key, count"
         )
-        flat = tuple(item for (pair, n) in chunk for item in (*pair, n))
+        flat = tuple(chain.from_iterable((c, e, n) for (c, e), n in chunk))
         for cid, exp, count in connection.exec_driver_sql(sql, flat).fetchall():
             after[(cid, exp)] = count
     return after

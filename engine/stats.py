@@ -12,19 +12,23 @@ is ``weight * 2^(-(now - epoch) / half_life)``.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import numpy as np
-from sqlalchemy import Table, delete, update
+from sqlalchemy import Insert, Table, delete, update
 from sqlalchemy import select as sa_select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
 from engine.catalog import Catalog
-from engine.db import dialect_insert, execute_many, keyset_pages
+from engine.db import insert_columns, keyset_pages
 from engine.models import CellStat, Outcome
+
+if TYPE_CHECKING:
+    import numpy as np
 
 EXPOSURE_BUCKETS = 3
 """Buckets of earlier exposures of the same experience: 0, 1, 2 or more."""
@@ -61,51 +65,68 @@ class TripleFacts(NamedTuple):
     cost: float | None
 
 
+Fact = tuple[str, str, int, str, dt.datetime, float | None, float | None]
+"""The fields of TripleFacts as a plain tuple (what zipping a batch's columns gives)."""
+
+
 def increments(
-    facts: Iterable[TripleFacts], *, epoch: dt.datetime, half_life_days: float
+    facts: Iterable[Fact], *, epoch: dt.datetime, half_life_days: float
 ) -> dict[CellKey, list[float]]:
-    """Per-cell sums [weight, value_weight, value_sum, cost_weight, cost_sum] of ``facts``."""
-    sums: dict[CellKey, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0, 0.0])
-    for fact in facts:
-        w = scaled_weight(fact.occurred_at, epoch=epoch, half_life_days=half_life_days)
-        cell = sums[(fact.segment, fact.experience_key, exposure_bucket(fact.exposure), fact.level)]
+    """Per-cell sums [weight, value_weight, value_sum, cost_weight, cost_sum] of ``facts``
+    (TripleFacts, or plain tuples of its fields).
+
+    The weight of each fact is ``scaled_weight`` (inlined: imports sum millions); ``epoch`` and
+    the facts' times are both aware or both naive UTC.
+    """
+    sums: dict[CellKey, list[float]] = {}
+    top = EXPOSURE_BUCKETS - 1
+    for segment, experience_key, exposure, level, occurred_at, value, cost in facts:
+        w = float(2.0 ** ((occurred_at - epoch).total_seconds() / 86400.0 / half_life_days))
+        key = (segment, experience_key, exposure if exposure < top else top, level)
+        cell = sums.get(key)
+        if cell is None:
+            cell = sums[key] = [0.0, 0.0, 0.0, 0.0, 0.0]
         cell[0] += w
-        if fact.value is not None:
+        if value is not None:
             cell[1] += w
-            cell[2] += w * fact.value
-        if fact.cost is not None:
+            cell[2] += w * value
+        if cost is not None:
             cell[3] += w
-            cell[4] += w * fact.cost
+            cell[4] += w * cost
     return sums
+
+
+_SUMS = ("weight", "value_weight", "value_sum", "cost_weight", "cost_sum")
+
+
+@functools.cache
+def _cell_upsert(dialect_name: str) -> Insert:
+    """``INSERT ... ON CONFLICT DO UPDATE SET weight = weight + excluded.weight, ...``: the atomic
+    add, built once (insert_columns compiles each statement object once)."""
+    table: Table = CellStat.__table__  # type: ignore[attr-defined]
+    statement = (postgresql.insert if dialect_name == "postgresql" else sqlite.insert)(table)
+    return statement.on_conflict_do_update(
+        index_elements=["segment", "experience_key", "exposure_bucket", "level"],
+        set_={name: table.c[name] + statement.excluded[name] for name in _SUMS},
+    )
 
 
 def apply_increments(session: Session, sums: Mapping[CellKey, list[float]]) -> None:
     """Atomically add ``sums`` to the stored cells (one upsert statement, executemany)."""
     if not sums:
         return
-    table: Table = CellStat.__table__  # type: ignore[attr-defined]
-    statement = dialect_insert(session)(table)
-    names = ("weight", "value_weight", "value_sum", "cost_weight", "cost_sum")
-    statement = statement.on_conflict_do_update(
-        index_elements=["segment", "experience_key", "exposure_bucket", "level"],
-        set_={name: table.c[name] + statement.excluded[name] for name in names},
-    )
-    rows = [
-        {
-            "segment": key[0],
-            "experience_key": key[1],
-            "exposure_bucket": key[2],
-            "level": key[3],
-            "weight": values[0],
-            "value_weight": values[1],
-            "value_sum": values[2],
-            "cost_weight": values[3],
-            "cost_sum": values[4],
-        }
-        # A fixed order keeps concurrent writers taking row locks in the same order (no deadlock).
-        for key, values in sorted(sums.items())
-    ]
-    execute_many(session, statement, rows)
+    # A fixed order keeps concurrent writers taking row locks in the same order (no deadlock).
+    keys = sorted(sums)
+    segments, experiences, buckets, levels = zip(*keys, strict=True)
+    numbers = zip(*(sums[key] for key in keys), strict=True)
+    columns: dict[str, Sequence[Any]] = {
+        "segment": segments,
+        "experience_key": experiences,
+        "exposure_bucket": buckets,
+        "level": levels,
+        **dict(zip(_SUMS, numbers, strict=True)),
+    }
+    insert_columns(session, _cell_upsert(session.get_bind().dialect.name), columns)
 
 
 def facts_from_outcomes(catalog: Catalog, outcomes: Iterable[Outcome]) -> Iterable[TripleFacts]:
@@ -187,6 +208,8 @@ def drift(
     rtol: float = 1e-9,
 ) -> list[dict[str, Any]]:
     """Cells where the stored statistics differ from a replay (beyond float summation order)."""
+    import numpy as np  # here, not at the top: `nextbest import` starts faster without numpy
+
     differences = []
     for key in sorted(set(stored) | set(replayed)):
         a = stored.get(key, [0.0] * 5)
@@ -224,6 +247,8 @@ class CellTable:
 
 
 def load_cell_table(session: Session, *, catalog: Catalog, now: dt.datetime) -> CellTable:
+    import numpy as np  # see drift
+
     names = (
         "segment",
         "experience_key",

@@ -9,6 +9,7 @@ transaction, so a batch is stored whole or not at all.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 from collections import Counter
@@ -16,14 +17,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import Table
+from sqlalchemy import Insert, Table
 from sqlalchemy import select as sa_select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, func, insert, select
 
 from engine import metrics, stats
 from engine.catalog import Catalog, current_catalog
 from engine.customers import clean_attributes
-from engine.db import add_exposures, dialect_insert, execute_many
+from engine.db import add_exposures, insert_columns
 from engine.errors import Conflict, InvalidInput
 from engine.models import Customer, Outcome, utcnow
 
@@ -60,17 +62,51 @@ class Triple:
     """An isolated experiment's key: stored, but kept out of the cells until it concludes."""
 
 
-def spooled_triple(triple: Triple) -> tuple[Any, ...]:
-    """The triple as an import's spool holds it: its fields in order, ``occurred_at`` as naive
-    UTC. Plain tuples with naive times unpickle several times faster than the objects or aware
-    times; ``unspooled_triple`` rebuilds the triple."""
-    fields = [getattr(triple, name) for name in Triple.__dataclass_fields__]
-    fields[3] = triple.occurred_at.replace(tzinfo=None)
-    return tuple(fields)
+TripleRow = tuple[Any, ...]
+"""A triple as a plain tuple: the fields of Triple in order, ``occurred_at`` as the text SQLite
+stores (``time_text``: naive UTC, ``2026-10-01 08:30:00.000000``).
+
+Imports spool millions of them and ``store_rows`` stores them without building a Triple for
+each: builtin types only, so the spool is marshal (four times faster than pickling datetimes),
+and the time goes into SQLite as it is.
+"""
 
 
-def unspooled_triple(fields: tuple[Any, ...]) -> Triple:
-    return Triple(fields[0], fields[1], fields[2], fields[3].replace(tzinfo=dt.UTC), *fields[4:])
+def time_text(moment: dt.datetime) -> str:
+    """An aware time as the text a TripleRow holds (naive UTC, microseconds always given)."""
+    if moment.tzinfo is not dt.UTC:
+        moment = moment.astimezone(dt.UTC)
+    return moment.replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def spooled_triple(triple: Triple) -> TripleRow:
+    """The triple as a TripleRow; ``unspooled_triple`` rebuilds it."""
+    return (
+        triple.customer_id,
+        triple.experience_key,
+        triple.result,
+        time_text(triple.occurred_at),
+        triple.value,
+        triple.cost,
+        triple.attributes,
+        triple.idempotency_key,
+        triple.decision_id,
+        triple.source,
+        triple.request_hash,
+        triple.held_for,
+    )
+
+
+def unspooled_triple(fields: TripleRow) -> Triple:
+    return Triple(fields[0], fields[1], fields[2], _aware_time(fields[3]), *fields[4:])
+
+
+def _aware_time(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text).replace(tzinfo=dt.UTC)
+
+
+# Positions in a TripleRow.
+_CUSTOMER, _EXPERIENCE, _ATTRIBUTES, _KEY, _SOURCE, _HASH, _HELD_FOR = 0, 1, 6, 7, 9, 10, 11
 
 
 @dataclass(frozen=True)
@@ -203,207 +239,296 @@ def store_triples(
     (the stored outcome is returned in their place); a key stored with other content is a 409.
     With ``report=False`` (bulk imports) the new ids are not read back and the list is empty.
     """
-    if not triples:
-        return []
-    catalog = current_catalog(session, catalog)
-    triples = [
-        replace(t, request_hash=request_hash(t))
-        if t.idempotency_key is not None and t.request_hash is None
-        else t
+    rows = [
+        spooled_triple(
+            replace(t, request_hash=request_hash(t))
+            if t.idempotency_key is not None and t.request_hash is None
+            else t
+        )
         for t in triples
     ]
-    replayed = _replayed(session, triples)
-    fresh = [t for t in triples if t.idempotency_key not in replayed]
-    fresh = _dedupe_keys(fresh)
-    snapshots = _customers(session, catalog, fresh) if fresh else []
-    exposures = _exposures(session, fresh) if fresh else []
-    now = utcnow()
-    rows: list[dict[str, Any]] = [
-        {
-            "decision_id": t.decision_id,
-            "customer_id": t.customer_id,
-            "experience_key": t.experience_key,
-            "result": t.result,
-            "value": t.value,
-            "cost": t.cost,
-            "occurred_at": t.occurred_at,
-            "recorded_at": now,
-            "attributes": snapshots[i],
-            "exposure": exposures[i],
-            "source": t.source,
-            "idempotency_key": t.idempotency_key,
-            "request_hash": t.request_hash,
-            "held_for": t.held_for,
-        }
-        for i, t in enumerate(fresh)
-    ]
-    stored: list[StoredTriple] = []
-    if rows:
-        if report:
-            ids = _insert_outcomes(session, rows)
-            stored = [
-                StoredTriple(id=i, **{k: row[k] for k in _STORED_FIELDS})
-                for i, row in zip(ids, rows, strict=True)
-            ]
-        else:
-            execute_many(session, insert(Outcome.__table__), rows)  # type: ignore[attr-defined]
-        facts = (
-            stats.TripleFacts(
-                segment=catalog.finest_segment(row["attributes"]),
-                experience_key=row["experience_key"],
-                exposure=row["exposure"],
-                level=row["result"],
-                occurred_at=row["occurred_at"],
-                value=row["value"],
-                cost=row["cost"],
-            )
+    return store_rows(session, catalog=catalog, rows=rows, report=report)
+
+
+def store_rows(
+    session: Session, *, catalog: Catalog, rows: Sequence[TripleRow], report: bool = False
+) -> list[StoredTriple]:
+    """``store_triples`` for triples as TripleRows (what an import spools), in one transaction.
+
+    Per batch, not per row: the known customers are read and the new ones inserted, the exposure
+    counts of the batch's (customer, experience) pairs are added atomically, the results are
+    inserted with one executemany, and the cells they change get one atomic add each.
+    """
+    if not rows:
+        return []
+    catalog = current_catalog(session, catalog)
+    if any(row[_KEY] is not None and row[_HASH] is None for row in rows):
+        rows = [
+            (*row[:_HASH], request_hash(unspooled_triple(row)), *row[_HASH + 1 :])
+            if row[_KEY] is not None and row[_HASH] is None
+            else row
             for row in rows
-            if row["held_for"] is None
+        ]
+    replayed = _replayed(session, rows)
+    fresh = _dedupe_keys([r for r in rows if r[_KEY] not in replayed] if replayed else rows)
+    stored: list[StoredTriple] = []
+    if fresh:
+        # Column by column: zip and map run over a batch's columns without a Python-level loop.
+        columns: dict[str, Sequence[Any]] = dict(
+            zip(_OUTCOME_COLUMNS, zip(*fresh, strict=True), strict=True)
         )
-        stats.apply_increments(
-            session,
-            stats.increments(facts, epoch=catalog.epoch, half_life_days=catalog.half_life_days),
-        )
-        for source, n in Counter(row["source"] for row in rows).items():
+        customer_ids, experience_keys = columns["customer_id"], columns["experience_key"]
+        snapshots = _customers(session, catalog, customer_ids, columns["attributes"])
+        exposures = _exposures(session, customer_ids, experience_keys)
+        now = utcnow()
+        columns.update(attributes=snapshots, exposure=exposures, recorded_at=[now] * len(fresh))
+        ids = _insert_outcomes(session, columns, report=report)
+        _add_to_cells(session, catalog, columns)
+        for source, n in Counter(columns["source"]).items():
             metrics.count_triples(source, n)
+        if report:
+            stored = [
+                StoredTriple(
+                    id=i,
+                    decision_id=decision_id,
+                    customer_id=customer_id,
+                    experience_key=experience_key,
+                    result=result,
+                    value=value,
+                    cost=cost,
+                    occurred_at=_aware_time(occurred_at),
+                    recorded_at=now,
+                    exposure=exposure,
+                    idempotency_key=key,
+                )
+                for i, exposure, (
+                    customer_id,
+                    experience_key,
+                    result,
+                    occurred_at,
+                    value,
+                    cost,
+                    _,
+                    key,
+                    decision_id,
+                    *_,
+                ) in zip(ids, exposures, fresh, strict=True)
+            ]
     if not report:
         return []
     results: list[StoredTriple] = []
     by_key = {key: StoredTriple.of(row, replayed=True) for key, row in replayed.items()}
     fresh_rows = iter(stored)
-    for t in triples:
-        if t.idempotency_key is not None and t.idempotency_key in by_key:
-            results.append(by_key[t.idempotency_key])
+    for row in rows:
+        key = row[_KEY]
+        if key is not None and key in by_key:
+            results.append(by_key[key])
             continue
-        row = next(fresh_rows)
-        results.append(row)
-        if t.idempotency_key is not None:
-            by_key[t.idempotency_key] = row
+        result = next(fresh_rows)
+        results.append(result)
+        if key is not None:
+            by_key[key] = result
     return results
 
 
-def _insert_outcomes(session: Session, rows: list[dict[str, Any]]) -> Sequence[int]:
-    """Insert result rows and return their ids in row order.
+_OUTCOME_COLUMNS = (
+    "customer_id",
+    "experience_key",
+    "result",
+    "occurred_at",
+    "value",
+    "cost",
+    "attributes",
+    "idempotency_key",
+    "decision_id",
+    "source",
+    "request_hash",
+    "held_for",
+)
+"""The columns of the outcomes table that a TripleRow fills, in its order."""
+
+
+@functools.cache
+def _outcome_insert(returning: bool) -> Insert:
+    """The INSERT of results, built once (insert_columns compiles each statement object once)."""
+    table: Table = Outcome.__table__  # type: ignore[attr-defined]
+    if returning:
+        return insert(table).returning(table.c.id, sort_by_parameter_order=True)
+    return insert(table)
+
+
+def _insert_outcomes(
+    session: Session, columns: dict[str, Sequence[Any]], *, report: bool
+) -> Sequence[int]:
+    """Insert result rows given column by column and return their ids in row order (none
+    without ``report``).
 
     PostgreSQL batches INSERT ... RETURNING. SQLite would run RETURNING one row at a time, so it
     inserts with executemany and reads the new ids back: the transaction holds the database's
     write lock from BEGIN IMMEDIATE (engine.db), so the ids after the previous maximum are ours.
     """
     table: Table = Outcome.__table__  # type: ignore[attr-defined]
+    if not report:
+        insert_columns(session, _outcome_insert(False), columns)
+        return []
+    size = len(columns["customer_id"])
     if session.get_bind().dialect.name == "postgresql":
-        returning = insert(table).returning(table.c.id, sort_by_parameter_order=True)
-        return session.execute(returning, rows).scalars().all()
+        aware = {**columns, "occurred_at": list(map(_aware_time, columns["occurred_at"]))}
+        values = [dict(zip(aware, row, strict=True)) for row in zip(*aware.values(), strict=True)]
+        return session.execute(_outcome_insert(True), values).scalars().all()
     before = session.execute(select(func.coalesce(func.max(table.c.id), 0))).scalar_one()
-    execute_many(session, insert(table), rows)
+    insert_columns(session, _outcome_insert(False), columns)
     ids = session.execute(select(table.c.id).where(table.c.id > before).order_by(table.c.id))
     found = ids.scalars().all()
-    if len(found) != len(rows):
+    if len(found) != size:
         raise RuntimeError("SQLite ids were not assigned in one block; is BEGIN IMMEDIATE off?")
     return found
 
 
-_STORED_FIELDS = tuple(f for f in StoredTriple.__dataclass_fields__ if f not in ("id", "replayed"))
+def _add_to_cells(session: Session, catalog: Catalog, columns: dict[str, Sequence[Any]]) -> None:
+    """Add the results to their cells (those an isolated experiment holds back wait)."""
+    segment_of: dict[int, str] = {}  # by snapshot: an import's rows share their attribute dicts
+    segments = []
+    for snapshot in columns["attributes"]:
+        segment = segment_of.get(id(snapshot))
+        if segment is None:
+            segment = segment_of[id(snapshot)] = catalog.finest_segment(snapshot)
+        segments.append(segment)
+    facts: Iterable[stats.Fact] = zip(
+        segments,
+        columns["experience_key"],
+        columns["exposure"],
+        columns["result"],
+        map(dt.datetime.fromisoformat, columns["occurred_at"]),  # naive UTC, as is this epoch
+        columns["value"],
+        columns["cost"],
+        strict=True,
+    )
+    held = columns["held_for"]
+    if any(h is not None for h in held):
+        facts = (fact for fact, h in zip(facts, held, strict=True) if h is None)
+    epoch = catalog.epoch.astimezone(dt.UTC).replace(tzinfo=None)
+    sums = stats.increments(facts, epoch=epoch, half_life_days=catalog.half_life_days)
+    stats.apply_increments(session, sums)
 
 
-def _replayed(session: Session, triples: Sequence[Triple]) -> dict[str, Outcome]:
-    keys = [t.idempotency_key for t in triples if t.idempotency_key]
+def _replayed(session: Session, rows: Sequence[TripleRow]) -> dict[str, Outcome]:
+    keys = [row[_KEY] for row in rows if row[_KEY]]
     if not keys:
         return {}
     existing: dict[str, Outcome] = {}
     for part in _chunks(keys):
-        for row in session.exec(select(Outcome).where(col(Outcome.idempotency_key).in_(part))):
-            assert row.idempotency_key is not None
-            existing[row.idempotency_key] = row
-    for t in triples:
-        found = existing.get(t.idempotency_key or "")
-        if found is not None and found.request_hash != t.request_hash:
+        for found in session.exec(select(Outcome).where(col(Outcome.idempotency_key).in_(part))):
+            assert found.idempotency_key is not None
+            existing[found.idempotency_key] = found
+    for row in rows:
+        stored = existing.get(row[_KEY] or "")
+        if stored is not None and stored.request_hash != row[_HASH]:
             raise Conflict(
-                f"idempotency_key {t.idempotency_key!r} was used before with a different body",
+                f"idempotency_key {row[_KEY]!r} was used before with a different body",
                 field="idempotency_key",
             )
     return existing
 
 
-def _dedupe_keys(triples: list[Triple]) -> list[Triple]:
+def _dedupe_keys(rows: Sequence[TripleRow]) -> list[TripleRow]:
     seen: dict[str, str | None] = {}
     out = []
-    for t in triples:
-        if t.idempotency_key is None:
-            out.append(t)
+    for row in rows:
+        key = row[_KEY]
+        if key is None:
+            out.append(row)
             continue
-        if t.idempotency_key in seen:
-            if seen[t.idempotency_key] != t.request_hash:
+        if key in seen:
+            if seen[key] != row[_HASH]:
                 raise Conflict(
-                    f"idempotency_key {t.idempotency_key!r} repeats with a different body",
+                    f"idempotency_key {key!r} repeats with a different body",
                     field="idempotency_key",
                 )
             continue
-        seen[t.idempotency_key] = t.request_hash
-        out.append(t)
+        seen[key] = row[_HASH]
+        out.append(row)
     return out
 
 
+@functools.cache
+def _customer_insert(dialect_name: str) -> Insert:
+    table: Table = Customer.__table__  # type: ignore[attr-defined]
+    statement = (postgresql.insert if dialect_name == "postgresql" else sqlite.insert)(table)
+    return statement.on_conflict_do_nothing(index_elements=["id"])
+
+
 def _customers(
-    session: Session, catalog: Catalog, triples: Sequence[Triple]
+    session: Session,
+    catalog: Catalog,
+    customer_ids: Sequence[str],
+    attributes: Sequence[Mapping[str, Any]],
 ) -> list[Mapping[str, Any]]:
     """Attribute snapshots: the stored profile with the triple's attributes over it.
 
     Unknown customers are created with the attributes of their first triple.
     """
-    ids = list(dict.fromkeys(t.customer_id for t in triples))
+    ids = list(dict.fromkeys(customer_ids))
     # A triple that carries every declared attribute is its own snapshot: for its customer only
     # existence matters, and reading ids skips decoding the stored profile.
     declared = len(catalog.specs)
-    partial = {t.customer_id for t in triples if len(t.attributes) < declared}
-    profiles: dict[str, dict[str, Any]] = {}
+    partial = {
+        cid for cid, given in zip(customer_ids, attributes, strict=True) if len(given) < declared
+    }
+    profiles: dict[str, Mapping[str, Any]] = {}
     table: Table = Customer.__table__  # type: ignore[attr-defined]
     connection = session.connection()  # Core rows: the ORM's result loading costs more here
     for part in _chunks(ids):
-        for cid, attributes in connection.execute(
-            sa_select(table.c.id, table.c.attributes).where(
-                table.c.id.in_([c for c in part if c in partial])
-            )
-        ).all():
-            profiles[cid] = attributes
-        for cid in (
-            connection.execute(
-                sa_select(table.c.id).where(table.c.id.in_([c for c in part if c not in partial]))
-            )
-            .scalars()
-            .all()
-        ):
-            profiles[cid] = {}
-    new: dict[str, dict[str, Any]] = {}
-    for t in triples:
-        if t.customer_id not in profiles and t.customer_id not in new:
-            new[t.customer_id] = dict(t.attributes)
+        wanted = [c for c in part if c in partial]
+        if wanted:
+            for cid, stored in connection.execute(
+                sa_select(table.c.id, table.c.attributes).where(table.c.id.in_(wanted))
+            ).all():
+                profiles[cid] = stored
+        known = [c for c in part if c not in partial] if partial else part
+        if known:
+            for (cid,) in connection.execute(sa_select(table.c.id).where(table.c.id.in_(known))):
+                profiles[cid] = {}
+    new: dict[str, Mapping[str, Any]] = {}
+    for cid, given in zip(customer_ids, attributes, strict=True):
+        if cid not in profiles and cid not in new:
+            new[cid] = given
     if new:
         now = utcnow()
-        execute_many(
+        insert_columns(
             session,
-            dialect_insert(session)(table).on_conflict_do_nothing(index_elements=["id"]),
-            [
-                {"id": cid, "name": None, "attributes": attrs, "created_at": now, "updated_at": now}
-                for cid, attrs in new.items()
-            ],
+            _customer_insert(session.get_bind().dialect.name),
+            {
+                "id": list(new),
+                "name": [None] * len(new),
+                "attributes": list(new.values()),
+                "created_at": [now] * len(new),
+                "updated_at": [now] * len(new),
+            },
         )
         profiles.update(new)
+    if not partial:
+        return list(attributes)
     return [
-        {**profiles[t.customer_id], **t.attributes} if t.customer_id in partial else t.attributes
-        for t in triples
+        {**profiles[cid], **given} if cid in partial else given
+        for cid, given in zip(customer_ids, attributes, strict=True)
     ]
 
 
-def _exposures(session: Session, triples: Sequence[Triple]) -> list[int]:
+def _exposures(
+    session: Session, customer_ids: Sequence[str], experience_keys: Sequence[str]
+) -> list[int]:
     """Earlier exposures of each triple's customer to its experience, counted atomically."""
-    pairs = Counter((t.customer_id, t.experience_key) for t in triples)
-    after = add_exposures(session, sorted(pairs.items()))
-    running = {pair: after[pair] - k for pair, k in pairs.items()}
+    pairs = list(zip(customer_ids, experience_keys, strict=True))
+    counts = Counter(pairs)
+    # Sorting the pairs (not the items): tuples of strings take the sort's fast comparisons.
+    after = add_exposures(session, [(pair, counts[pair]) for pair in sorted(counts)])
+    running = {pair: after[pair] - k for pair, k in counts.items()}
     earlier = []
-    for t in triples:
-        pair = (t.customer_id, t.experience_key)
-        earlier.append(running[pair])
-        running[pair] += 1
+    for pair in pairs:
+        n = running[pair]
+        earlier.append(n)
+        running[pair] = n + 1
     return earlier
 
 
