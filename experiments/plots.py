@@ -4,19 +4,19 @@ expected net value, the allocation over time, and cumulative realised value."""
 from __future__ import annotations
 
 import io
+from functools import cache
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display: the service renders to memory
-
-import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 
 from experiments import stats
 from experiments.evidence import Evidence
 from experiments.report import allocation_over_time, cumulative_value
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 __all__ = ["TITLES", "render"]
 
@@ -27,12 +27,24 @@ TITLES = {
 }
 """Each plot's title, after the experiment's name (the API's and the console's plots alike)."""
 
-matplotlib.rcParams["svg.hashsalt"] = "nextbest"  # stable element ids: same data, same bytes
-matplotlib.rcParams["svg.fonttype"] = "none"  # text stays text (smaller, searchable)
+
+@cache
+def _pyplot() -> ModuleType:
+    """matplotlib's pyplot, imported on the first plot: it adds about 100 MiB to a process, which
+    a worker that never draws should not carry."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: the service renders to memory
+    matplotlib.rcParams["svg.hashsalt"] = "nextbest"  # stable element ids: same data, same bytes
+    matplotlib.rcParams["svg.fonttype"] = "none"  # text stays text (smaller, searchable)
+    import matplotlib.pyplot
+
+    return matplotlib.pyplot
 
 
 def render(name: str, evidence: Evidence, title: str, seed: int = 0) -> str:
     """The plot ``name`` (one of experiments.report.PLOTS) as an SVG document."""
+    plt = _pyplot()
     figure = plt.figure(figsize=(7.5, 3.6), layout="constrained")
     try:
         axes = figure.add_subplot()
