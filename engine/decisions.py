@@ -82,9 +82,7 @@ def decide(*, runtime: Runtime, decision_in: DecisionIn) -> DecisionPublic:
     """
     write, public, catalog = _choose(runtime, decision_in)
     runtime.decision_log.log(write)
-    runtime.guardrails(None, catalog).chose(public.experience)
-    metrics.count_decision(public.source)
-    return public
+    return _committed(runtime, catalog, public)
 
 
 async def decide_async(*, runtime: Runtime, decision_in: DecisionIn) -> DecisionPublic:
@@ -104,6 +102,11 @@ async def decide_async(*, runtime: Runtime, decision_in: DecisionIn) -> Decision
     else:
         write, public, catalog = _choose(runtime, decision_in)
     await runtime.decision_log.log_async(write)
+    return _committed(runtime, catalog, public)
+
+
+def _committed(runtime: Runtime, catalog: Catalog, public: DecisionPublic) -> DecisionPublic:
+    """What follows a decision's commit: the guardrails' running counts and the metric."""
     runtime.guardrails(None, catalog).chose(public.experience)
     metrics.count_decision(public.source)
     return public
@@ -242,10 +245,9 @@ def _assignment(
     running = runtime.experiments(catalog)
     if not running:
         return None
-    with prepared.cursor(runtime.engine, write=False) as reader:
-        enrolled = enrolments(
-            reader, runtime.engine, decision_in.customer_id, [e.key for e in running.experiments]
-        )
+    enrolled = enrolments(
+        runtime.engine, decision_in.customer_id, [e.key for e in running.experiments]
+    )
     return running.assign(
         customer_id=decision_in.customer_id,
         attributes=attributes,
@@ -263,7 +265,7 @@ def read_customer(
     The version is None while the database has no engine state yet; the attributes are None for
     an unknown customer. One statement, outside any transaction (engine.prepared).
     """
-    statement = _prepared_state(runtime)
+    statement = prepared.Prepared.of(_CUSTOMER_STATE, runtime.engine)
     with prepared.cursor(runtime.engine, write=False) as cursor:
         cursor.execute(statement.sql, statement.parameters({"customer_id": customer_id}))
         rows = statement.fetch(cursor)
@@ -272,17 +274,6 @@ def read_customer(
     version, attributes = rows[0][0], rows[0][1]
     exposures = {key: count for _, _, key, count in rows if key is not None}
     return int(version), attributes, exposures
-
-
-_PREPARED: dict[str, prepared.Prepared] = {}
-
-
-def _prepared_state(runtime: Runtime) -> prepared.Prepared:
-    dialect = runtime.engine.dialect.name
-    found = _PREPARED.get(dialect)
-    if found is None:
-        found = _PREPARED[dialect] = prepared.Prepared.compile(_CUSTOMER_STATE, runtime.engine)
-    return found
 
 
 def _customer(

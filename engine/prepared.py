@@ -72,6 +72,16 @@ class Prepared:
             dialect=dialect,
         )
 
+    @classmethod
+    def of(cls, statement: ClauseElement, engine: Engine) -> Prepared:
+        """``statement`` compiled for ``engine``'s dialect once per process (statements passed
+        here are module-level constants, so the cache holds a few entries)."""
+        key = (id(statement), engine.dialect.name)
+        found = _COMPILED.get(key)
+        if found is None:
+            found = _COMPILED[key] = cls.compile(statement, engine)
+        return found
+
     def parameters(self, values: Mapping[str, Any]) -> Sequence[Any] | dict[str, Any]:
         """The DBAPI parameters for ``values`` (missing names take the statement's literals)."""
         merged = {**self.defaults, **values} if self.defaults else dict(values)
@@ -98,6 +108,9 @@ class Prepared:
             tuple(v if r is None else r(v) for v, r in zip(row, readers, strict=True))
             for row in rows
         ]
+
+
+_COMPILED: dict[tuple[int, str], Prepared] = {}
 
 
 @contextmanager

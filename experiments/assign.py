@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import sqlmodel
 from sqlalchemy import Engine, bindparam, select
@@ -125,22 +124,21 @@ def _started(row: Experiment) -> str:
     return starts[0] if starts else ""
 
 
-def enrolments(
-    reader: Any, engine: Engine, customer_id: str, keys: Sequence[str]
-) -> dict[str, str]:
+def enrolments(engine: Engine, customer_id: str, keys: Sequence[str]) -> dict[str, str]:
     """experiment key -> arm of the customer's most recent decision in each of ``keys``.
 
     The hot path of a decision while experiments run: one lookup per running experiment through
-    ix_decisions_customer_experiment, compiled once per dialect (engine.prepared) and run on
-    ``reader``, a cursor of ``engine`` outside any transaction (no write lock on SQLite)."""
-    statement = _prepared_enrolment(engine)
+    ix_decisions_customer_experiment, compiled once per dialect (engine.prepared) and run on one
+    pooled cursor outside any transaction (no write lock on SQLite)."""
+    statement = prepared.Prepared.of(_ENROLMENT, engine)
     found: dict[str, str] = {}
-    for key in keys:
-        parameters = statement.parameters({"customer_id": customer_id, "experiment_key": key})
-        reader.execute(statement.sql, parameters)
-        rows = statement.fetch(reader)
-        if rows and rows[0][0] is not None:
-            found[key] = rows[0][0]
+    with prepared.cursor(engine, write=False) as cursor:
+        for key in keys:
+            parameters = statement.parameters({"customer_id": customer_id, "experiment_key": key})
+            cursor.execute(statement.sql, parameters)
+            rows = statement.fetch(cursor)
+            if rows and rows[0][0] is not None:
+                found[key] = rows[0][0]
     return found
 
 
@@ -151,11 +149,3 @@ _ENROLMENT = (
     .order_by(col(Decision.created_at).desc())
     .limit(1)
 )
-_PREPARED: dict[str, prepared.Prepared] = {}
-
-
-def _prepared_enrolment(engine: Engine) -> prepared.Prepared:
-    found = _PREPARED.get(engine.dialect.name)
-    if found is None:
-        found = _PREPARED[engine.dialect.name] = prepared.Prepared.compile(_ENROLMENT, engine)
-    return found
