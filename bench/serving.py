@@ -37,18 +37,34 @@ def workers_of(pid: int) -> list[int]:
 
 
 @contextmanager
-def server(url: str, workers: int) -> Iterator[dict[str, Any]]:
-    """``nextbest serve --workers N``: yields its port and the pids of its worker processes."""
+def server(
+    url: str, workers: int, *, factory: str | None = None, env: dict[str, str] | None = None
+) -> Iterator[dict[str, Any]]:
+    """``nextbest serve --workers N``: yields its port and the pids of its worker processes.
+
+    factory: instead, uvicorn with this application factory ("module:function", importable from
+    the checkout) in one worker process; env: more environment for the server.
+    """
     import httpx
 
     port = free_port()
-    env = {**os.environ, "NEXTBEST_DATABASE_URL": url, "PYTHONPATH": str(ROOT)}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    command = [sys.executable, str(ROOT / "cli.py"), "serve", "--port", str(port)]
+    environment = {
+        **os.environ,
+        "NEXTBEST_DATABASE_URL": url,
+        "PYTHONPATH": str(ROOT),
+        **(env or {}),
+    }
+    environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    if factory is None:
+        command = [sys.executable, str(ROOT / "cli.py"), "serve", "--workers", str(workers)]
+    else:
+        if workers != 1:
+            raise ValueError("an application factory runs in one worker")
+        command = [sys.executable, "-m", "uvicorn", factory, "--factory", "--log-level", "warning"]
     process = subprocess.Popen(
-        [*command, "--workers", str(workers)],
+        [*command, "--port", str(port)],
         cwd=ROOT,
-        env=env,
+        env=environment,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # its own process group: the workers can be ended with it
