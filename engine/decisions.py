@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+import anyio.to_thread
 import numpy as np
 from sqlalchemy import bindparam
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
-from starlette.concurrency import run_in_threadpool
 
 from engine import metrics, posterior, prepared
 from engine.catalog import Catalog, ExperienceInfo, Scale
@@ -95,10 +95,14 @@ async def decide_async(*, runtime: Runtime, decision_in: DecisionIn) -> Decision
     catalog, rules and guardrails when their version moves. A decision that would read the
     statistics (``Runtime.stats_due``) runs on a thread instead, while the loop goes on with the
     snapshot it has; so does every decision on PostgreSQL, whose reads are network round trips
-    that other requests' work should overlap (``Runtime.reads_block``).
+    that other requests' work should overlap (``Runtime.reads_block``). At most
+    ``Runtime.decision_slots`` such threads run at once, so that they never need more connections
+    than the pool keeps.
     """
     if runtime.reads_block or runtime.stats_due():
-        write, public, catalog = await run_in_threadpool(_choose, runtime, decision_in)
+        write, public, catalog = await anyio.to_thread.run_sync(
+            _choose, runtime, decision_in, limiter=runtime.decision_slots()
+        )
     else:
         write, public, catalog = _choose(runtime, decision_in)
     await runtime.decision_log.log_async(write)

@@ -19,16 +19,19 @@ never the event log:
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import anyio
 import numpy as np
 from scipy.special import digamma, gammaln
 from sqlalchemy import Engine, func
@@ -408,6 +411,9 @@ class Runtime:
         self._rule_runtime: RuleRuntime | None = None
         self._guardrails: tuple[int, Guardrails] | None = None
         self._experiments: tuple[int, RunningExperiments] | None = None
+        self._decision_slots: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, anyio.CapacityLimiter
+        ] = weakref.WeakKeyDictionary()
 
     def session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
@@ -683,6 +689,23 @@ class Runtime:
             return self._reload(catalog, now)
         finally:
             self._refresh_lock.release()
+
+    def decision_slots(self) -> anyio.CapacityLimiter:
+        """How many decisions of this event loop may run on threads at once: the connection pool's
+        size less two (the decision log's writer, and a statistics reload or another request).
+
+        A decision on a thread takes a pooled connection for each of its reads; with more threads
+        than pooled connections the pool opens overflow connections and closes them again on
+        return, which on PostgreSQL (a server process per connection) cost more than the
+        decisions: under 32 concurrent requests one worker opened a connection every four
+        decisions. Decisions beyond the limit wait on the loop instead, holding nothing."""
+        loop = asyncio.get_running_loop()
+        slots = self._decision_slots.get(loop)
+        if slots is None:
+            size = getattr(self.engine.pool, "size", None)
+            slots = anyio.CapacityLimiter(max(size() - 2, 1) if callable(size) else 1)
+            self._decision_slots[loop] = slots
+        return slots
 
     @property
     def reads_block(self) -> bool:

@@ -288,3 +288,44 @@ def test_logged_propensity_is_the_probability_of_the_choice(
     for experience, chosen in choices.items():
         p = propensity[experience]
         assert abs(chosen / n - p) < 4 * (p * (1 - p) / n) ** 0.5 + 1e-9, (experience, chosen, p)
+
+
+def test_concurrent_decisions_on_threads_stay_within_the_pool(
+    client: TestClient, keys: Headers, business: Any, database_url: str
+) -> None:
+    """Forty decisions at once on one event loop, each on a thread (a statistics refresh is due
+    at every decision, as every decision is on PostgreSQL): no more run on threads than the
+    connection pool keeps, so the pool never opens an overflow connection only to close it
+    again (on PostgreSQL a server process each; under 32 concurrent requests one worker opened a
+    connection every four decisions)."""
+    import asyncio
+
+    from sqlalchemy import event
+
+    from engine.config import Settings
+    from engine.db import make_engine
+    from engine.decisions import decide_async
+    from engine.schemas import DecisionIn
+
+    engine = make_engine(database_url)  # the service's pool: a base size and an overflow
+    size = engine.pool.size()  # type: ignore[attr-defined]
+    opened = []
+    event.listen(engine, "connect", lambda *_: opened.append(1))
+    runtime = Runtime(Settings(database_url=database_url, stats_refresh_seconds=0), engine=engine)
+    assert runtime.stats_due()
+
+    async def decide_all() -> list[Any]:
+        bodies = [
+            DecisionIn(customer_id=f"c-{i:03d}", attributes={"plan": "basic"}) for i in range(40)
+        ]
+        return await asyncio.gather(
+            *(decide_async(runtime=runtime, decision_in=body) for body in bodies)
+        )
+
+    try:
+        decided = asyncio.run(decide_all())
+    finally:
+        runtime.close(release_engine=False)
+        engine.dispose()
+    assert len({d.decision_id for d in decided}) == 40
+    assert 0 < len(opened) <= size, (len(opened), size)
