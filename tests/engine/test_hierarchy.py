@@ -169,3 +169,100 @@ def test_evidence_order_puts_the_informative_attribute_first() -> None:
     order = hierarchy.evidence_order(levels, np.array(counts, dtype=float), ["noise", "matters"])
     assert order == ["matters", "noise"]
     assert hierarchy.evidence_order(levels, np.zeros((12, 2, 3)), ["noise"], max_depth=0) == []
+
+
+def additive_world(seed: int, interaction: float = 0.0, sizes=(6, 8, 5)):
+    """Crossed attributes a, b, c whose main effects add on the logits of the levels (plus a x b
+    interactions of sd ``interaction``), 1 to 14 fresh results per finest segment. Returns the
+    levels, the rows for fit, the truth (S, L) and each segment's path."""
+    rng = np.random.default_rng(seed)
+    effects = [rng.normal(0.0, 0.6, (n, 2)) for n in sizes]
+    pairs = rng.normal(0.0, interaction, (sizes[0], sizes[1], 2))
+    levels, rows, truth, paths = [], [], [], []
+    for a, b, c in np.ndindex(*sizes):
+        logits = np.r_[
+            0.0, [1.0, -1.0] + effects[0][a] + effects[1][b] + effects[2][c] + pairs[a, b]
+        ]
+        p = np.exp(logits) / np.exp(logits).sum()
+        s = len(levels)
+        levels.append({"a": f"a{a}", "b": f"b{b}", "c": f"c{c}"})
+        counts = rng.multinomial(int(rng.integers(1, 15)), p)
+        rows += [(s, 0, 0, level, n) for level, n in enumerate(counts) if n > 0]
+        truth.append(p)
+        paths.append(["", f"a=a{a}", f"a=a{a}|b=b{b}", f"a=a{a}|b=b{b}|c=c{c}"])
+    return levels, rows, np.array(truth), paths
+
+
+def test_the_additive_model_recovers_known_effects() -> None:
+    rng = np.random.default_rng(7)
+    levels = [{"a": f"a{a}", "b": f"b{b}"} for a in range(3) for b in range(4)]
+    design = hierarchy.additive_design(levels)
+    assert design.shape == (12, 1 + 3 + 4)
+    beta = np.array(
+        [[0.5, 0.4, 0.0, -0.6, 0.3, 0.0, -0.4, 0.2], [-1.5, 0.0, 0.5, 0.2, 0.0, -0.3, 0.4, 0.1]]
+    )
+    repeat_effect = np.array([-0.5, -0.2])  # exposure bucket 1 against bucket 0
+    counts = np.zeros((12, 1, 3, 3))
+    truth = []
+    for s in range(12):
+        logits = design[s] @ beta.T
+        truth.append(np.exp(np.r_[0.0, logits]) / np.exp(np.r_[0.0, logits]).sum())
+        repeat = np.exp(np.r_[0.0, logits + repeat_effect])
+        counts[s, 0, 0] = rng.multinomial(4000, truth[-1])
+        counts[s, 0, 1] = rng.multinomial(1000, repeat / repeat.sum())
+    fit = hierarchy.fit_additive_logit(design, counts)
+    fitted = fit.fresh_probs(design, np.broadcast_to(fit.beta[0], (12, *fit.beta.shape[1:])))
+    assert np.abs(fitted - np.array(truth)).max() < 0.02
+    # the bucket term is the repeats' own: it comes out near the truth, not in the attributes
+    assert fit.beta[0, :, -2] == pytest.approx(repeat_effect, abs=0.1)
+    # converged: the log posterior's gradient vanishes at the fit
+    precision = np.full(fit.x.shape[1], hierarchy.EFFECT_PRIOR_SD**-2.0)
+    precision[0] = hierarchy.INTERCEPT_PRIOR_SD**-2.0
+    gradient = fit.residual[0].T @ fit.x - fit.beta[0] * precision
+    assert np.abs(gradient).max() < 1e-6
+
+
+def test_a_cell_prior_leaves_out_the_cell_own_results() -> None:
+    levels, rows, _, _ = additive_world(seed=2, sizes=(3, 4, 2))
+    finest = np.zeros((len(levels), 1, 3, 3))
+    for s, _, bucket, level, n in rows:
+        finest[s, 0, bucket, level] += n
+    paths = hierarchy.node_paths(levels, ["a", "b", "c"])
+    rows_of_segment = [np.unique([p[d] for p in paths], return_inverse=True)[1] for d in range(4)]
+    predictions, strengths = hierarchy._additive_base(levels, finest, rows_of_segment)
+    design = hierarchy.additive_design(levels)
+    for s in (0, 5, 17):
+        without = finest.copy()
+        without[s] = 0.0
+        refit = hierarchy.fit_additive_logit(design, without)
+        expected = refit.fresh_probs(design[s : s + 1], refit.beta[0][None])[0]
+        assert predictions[3][rows_of_segment[3][s], 0] == pytest.approx(expected, abs=0.01)
+    assert (strengths[3] > 0).all()
+
+
+def test_the_additive_base_shares_effects_across_branches_and_intervals_cover(monkeypatch) -> None:
+    def leaf_fit(seed: int):
+        levels, rows, truth, paths = additive_world(seed)
+        tree = fit(levels, rows, order=("a", "b", "c"))
+        alpha = np.array([tree.cell(path, "x", 0)[0] for path in paths])
+        return tree, alpha, truth
+
+    rng = np.random.default_rng(0)
+    errors, hits, cells = [], 0, 0
+    for seed in range(4):
+        tree, alpha, truth = leaf_fit(seed)
+        assert tree.base_weights[2, 0] >= 0.75  # the a x b nodes lean on the additive model
+        value = truth @ VALUES
+        errors.append(((posterior.dirichlet_mean(alpha) @ VALUES - value) ** 2).mean())
+        draws = posterior.dirichlet_draws(alpha, 2000, rng) @ VALUES
+        low, high = np.quantile(draws, [0.05, 0.95], axis=0)
+        hits += int(((low <= value) & (value <= high)).sum())
+        cells += len(value)
+    assert 0.85 <= hits / cells <= 0.95
+    # the tree alone (weight 0) on the same worlds
+    monkeypatch.setattr(hierarchy, "BASE_WEIGHT_GRID", np.array([0.0]))
+    alone = []
+    for seed in range(4):
+        _, alpha, truth = leaf_fit(seed)
+        alone.append(((posterior.dirichlet_mean(alpha) @ VALUES - truth @ VALUES) ** 2).mean())
+    assert np.mean(errors) < 0.6 * np.mean(alone), (np.mean(errors), np.mean(alone))

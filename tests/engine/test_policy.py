@@ -14,10 +14,10 @@ def test_simulate_ranks_the_engine_above_the_baselines() -> None:
     assert result.exit_code == 0, result.output
     by_name = {row["policy"]: row for row in json.loads(result.stdout)["policies"]}
     engine, uniform = by_name["nextbest"], by_name["uniform_random"]
-    # seeded, so exact: 0.454 of uniform's regret, 0.59 of segment_thompson's (bars with a margin)
-    assert engine["regret"] < 0.7 * by_name["segment_thompson"]["regret"]
-    assert engine["regret"] < 0.75 * by_name["epsilon_greedy_segment"]["regret"]
-    assert engine["regret_vs_uniform"] < 0.5
+    # seeded, so exact: 0.324 of uniform's regret, 0.42 of segment_thompson's (bars with a margin)
+    assert engine["regret"] < 0.5 * by_name["segment_thompson"]["regret"]
+    assert engine["regret"] < 0.55 * by_name["epsilon_greedy_segment"]["regret"]
+    assert engine["regret_vs_uniform"] < 0.35
     # it keeps learning after the drift: the last window beats the first window after it
     assert engine["regret_per_decision_last"] < engine["regret_per_decision_early_post_drift"]
     assert engine["wasted_offer_share"] < uniform["wasted_offer_share"]
