@@ -139,6 +139,10 @@ def _segment_report(
             experience: [round(float(k), 3) for k in snapshot.tree.kappas[:, i]]
             for i, experience in enumerate(snapshot.tree.experiences)
         },
+        "additive_weights": {
+            experience: [round(float(v), 3) for v in snapshot.tree.base_weights[:, i]]
+            for i, experience in enumerate(snapshot.tree.experiences)
+        },
         "nodes": out,
     }
 

@@ -534,6 +534,11 @@ class SegmentInsights(BaseModel):
     kappas: dict[str, list[float]] = Field(
         description="Fitted prior concentration per experience and depth (root first)"
     )
+    additive_weights: dict[str, list[float]] = Field(
+        description="Weight of the additive model (the attributes' main effects) against the "
+        "parent in each fresh cell's prior mean, per experience and depth (root first; 0: the "
+        "parent alone, 1: the additive model alone)"
+    )
     nodes: list[SegmentNode]
 
 

@@ -89,6 +89,11 @@ def test_segment_insights(client: TestClient, keys: Headers, history: Any) -> No
     assert basic["no_offer"]["distribution"]["churned"] > 0.45
     shallow = client.get("/v1/insights/segments?depth=0", headers=keys["marketer"]).json()
     assert [node["segment"] for node in shallow["nodes"]] == [""]
+    # One kappa and one additive-model weight per experience and depth (root first); the root
+    # has no parent to mix with
+    assert set(body["additive_weights"]) == set(body["kappas"]) == set(basic)
+    for weights in body["additive_weights"].values():
+        assert len(weights) == 2 and weights[0] == 0.0 and 0.0 <= weights[1] <= 1.0
 
 
 @pytest.mark.parametrize(
