@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -51,7 +51,7 @@ from engine.schemas import (
 )
 from engine.stats import exposure_bucket
 from engine.triples import StoredTriple, Triple, store_triples
-from experiments.assign import Assignment, enrolments
+from experiments.assign import Assignment, enrolled_arms, enrolment_queries, enrolments
 from experiments.service import holding_experiments
 
 # The catalog version, the customer's stored attributes and its exposures, in one round trip: one
@@ -124,8 +124,9 @@ def _choose(
     A pooled connection is held only for one read at a time, never while waiting for a cache
     reload (which needs a connection of its own: threads holding one each while they wait for the
     reload could take the whole pool)."""
-    version, stored, exposures = read_customer(runtime, decision_in.customer_id)
-    catalog = runtime.catalog_at(version)
+    state = read_state(runtime, decision_in.customer_id, runtime.running_keys())
+    stored, exposures = state.attributes, state.exposures
+    catalog = runtime.catalog_at(state.version)
     scale_labels = catalog.require_scale().labels
     _check_overrides(catalog, decision_in)
     attributes, customer_row = _customer(catalog, decision_in, stored)
@@ -159,7 +160,7 @@ def _choose(
     assignment = (
         None
         if decision_in.exploit
-        else _assignment(runtime, catalog, decision_in, attributes, keys, now)
+        else _assignment(runtime, catalog, decision_in, attributes, keys, now, state)
     )
     rule = (
         None
@@ -243,14 +244,19 @@ def _assignment(
     attributes: Mapping[str, Any],
     keys: list[str],
     now: dt.datetime,
+    state: CustomerState,
 ) -> Assignment | None:
     """The customer's experiment arm, if a running experiment takes them (experiments.assign).
-    Reads the customer's enrolments only while some experiment runs."""
+    Uses the enrolments read with the customer, unless the running experiments are not the ones
+    looked up then (they changed meanwhile), which reads them again."""
     running = runtime.experiments(catalog)
     if not running:
         return None
-    enrolled = enrolments(
-        runtime.engine, decision_in.customer_id, [e.key for e in running.experiments]
+    needed = [e.key for e in running.experiments]
+    enrolled = (
+        state.enrolled
+        if set(needed) <= set(state.looked_up)
+        else enrolments(runtime.engine, decision_in.customer_id, needed)
     )
     return running.assign(
         customer_id=decision_in.customer_id,
@@ -261,23 +267,47 @@ def _assignment(
     )
 
 
+@dataclass(frozen=True)
+class CustomerState:
+    """What a decision reads from the database, in one round trip.
+
+    version: the catalog version (None while the database has no engine state yet); attributes:
+    the stored ones (None for an unknown customer); exposures: per experience met; enrolled: the
+    customer's arm in each experiment of ``looked_up`` (engine.runtime.Runtime.running_keys: the
+    running experiments this worker knows of, which the decision's catalog may have moved past)."""
+
+    version: int | None
+    attributes: dict[str, Any] | None
+    exposures: dict[str, int]
+    looked_up: tuple[str, ...] = ()
+    enrolled: dict[str, str] = field(default_factory=dict)
+
+
+def read_state(
+    runtime: Runtime, customer_id: str, experiments: tuple[str, ...] = ()
+) -> CustomerState:
+    """The catalog version, the customer and its exposures (one statement), and its enrolment in
+    each of ``experiments``; outside any transaction, in one round trip on PostgreSQL
+    (engine.prepared.read_all)."""
+    statement = prepared.Prepared.of(_CUSTOMER_STATE, runtime.engine)
+    queries: list[prepared.Query] = [
+        (statement, statement.parameters({"customer_id": customer_id})),
+        *enrolment_queries(runtime.engine, customer_id, experiments),
+    ]
+    rows, *enrolment_rows = prepared.read_all(runtime.engine, queries)
+    enrolled = enrolled_arms(experiments, enrolment_rows)
+    if not rows:
+        return CustomerState(None, None, {}, experiments, enrolled)
+    exposures = {key: count for _, _, key, count in rows if key is not None}
+    return CustomerState(int(rows[0][0]), rows[0][1], exposures, experiments, enrolled)
+
+
 def read_customer(
     runtime: Runtime, customer_id: str
 ) -> tuple[int | None, dict[str, Any] | None, dict[str, int]]:
-    """(catalog version, the customer's stored attributes, its exposures per experience).
-
-    The version is None while the database has no engine state yet; the attributes are None for
-    an unknown customer. One statement, outside any transaction (engine.prepared).
-    """
-    statement = prepared.Prepared.of(_CUSTOMER_STATE, runtime.engine)
-    with prepared.cursor(runtime.engine, write=False) as cursor:
-        cursor.execute(statement.sql, statement.parameters({"customer_id": customer_id}))
-        rows = statement.fetch(cursor)
-    if not rows:
-        return None, None, {}
-    version, attributes = rows[0][0], rows[0][1]
-    exposures = {key: count for _, _, key, count in rows if key is not None}
-    return int(version), attributes, exposures
+    """(catalog version, the customer's stored attributes, its exposures per experience)."""
+    state = read_state(runtime, customer_id)
+    return state.version, state.attributes, state.exposures
 
 
 def _customer(

@@ -161,6 +161,37 @@ def cursor(engine: Engine, *, write: bool) -> Iterator[Any]:
         connection.close()
 
 
+Query = tuple[Prepared, Sequence[Any] | dict[str, Any]]
+"""A prepared statement and its DBAPI parameters (Prepared.parameters)."""
+
+
+def read_all(engine: Engine, queries: Sequence[Query]) -> list[list[tuple[Any, ...]]]:
+    """The rows of each query, read outside any transaction as ``cursor(write=False)`` reads.
+
+    PostgreSQL: all of them in one round trip (a pipeline with one sync, a cursor per query);
+    SQLite: one after another on one cursor (a local file has no round trip to save)."""
+    with cursor(engine, write=False) as first:
+        if engine.dialect.name == "sqlite":
+            out = []
+            for statement, parameters in queries:
+                first.execute(statement.sql, parameters)
+                out.append(statement.fetch(first))
+            return out
+        driver = first.connection
+        cursors = [first, *(driver.cursor() for _ in queries[1:])]
+        try:
+            with driver.pipeline():
+                for current, (statement, parameters) in zip(cursors, queries, strict=True):
+                    current.execute(statement.sql, parameters)
+            return [
+                statement.fetch(current)
+                for current, (statement, _) in zip(cursors, queries, strict=True)
+            ]
+        finally:
+            for extra in cursors[1:]:
+                extra.close()
+
+
 def _rollback(connection: Any, *, sqlite: bool, write: bool) -> None:
     if not write or not connection.is_valid:
         return
@@ -175,4 +206,4 @@ def _rollback(connection: Any, *, sqlite: bool, write: bool) -> None:
         connection.invalidate()
 
 
-__all__ = ["Prepared", "cursor"]
+__all__ = ["Prepared", "Query", "cursor", "read_all"]

@@ -583,6 +583,12 @@ class Runtime:
             and time.monotonic() - cached[1].loaded_at < self.settings.experiment_refresh_seconds
         )
 
+    def running_keys(self) -> tuple[str, ...]:
+        """The keys of the running experiments as last loaded (for any catalog version): the
+        enrolments a decision will most likely need, read with its customer in one round trip."""
+        cached = self._experiments
+        return tuple(e.key for e in cached[1].experiments) if cached is not None else ()
+
     def experiments_changed(self) -> None:
         with self._lock:
             self._experiments = None

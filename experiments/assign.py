@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import sqlmodel
 from sqlalchemy import Engine, bindparam, select
@@ -128,18 +129,34 @@ def enrolments(engine: Engine, customer_id: str, keys: Sequence[str]) -> dict[st
     """experiment key -> arm of the customer's most recent decision in each of ``keys``.
 
     The hot path of a decision while experiments run: one lookup per running experiment through
-    ix_decisions_customer_experiment, compiled once per dialect (engine.prepared) and run on one
-    pooled cursor outside any transaction (no write lock on SQLite)."""
+    ix_decisions_customer_experiment, compiled once per dialect (engine.prepared), outside any
+    transaction (no write lock on SQLite), in one round trip on PostgreSQL. A decision usually
+    sends these lookups with its read of the customer (engine.decisions.read_state)."""
+    return enrolled_arms(
+        keys, prepared.read_all(engine, enrolment_queries(engine, customer_id, keys))
+    )
+
+
+def enrolment_queries(
+    engine: Engine, customer_id: str, keys: Sequence[str]
+) -> list[prepared.Query]:
+    """The lookups ``enrolments`` runs, one per key, for engine.prepared.read_all."""
     statement = prepared.Prepared.of(_ENROLMENT, engine)
-    found: dict[str, str] = {}
-    with prepared.cursor(engine, write=False) as cursor:
-        for key in keys:
-            parameters = statement.parameters({"customer_id": customer_id, "experiment_key": key})
-            cursor.execute(statement.sql, parameters)
-            rows = statement.fetch(cursor)
-            if rows and rows[0][0] is not None:
-                found[key] = rows[0][0]
-    return found
+    return [
+        (statement, statement.parameters({"customer_id": customer_id, "experiment_key": key}))
+        for key in keys
+    ]
+
+
+def enrolled_arms(
+    keys: Sequence[str], results: Sequence[Sequence[tuple[Any, ...]]]
+) -> dict[str, str]:
+    """``enrolments``' answer from the rows of its lookups (in the order of ``keys``)."""
+    return {
+        key: rows[0][0]
+        for key, rows in zip(keys, results, strict=True)
+        if rows and rows[0][0] is not None
+    }
 
 
 _ENROLMENT = (

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, bindparam, insert, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Engine, bindparam, insert, select, text
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from engine import prepared
 from engine.db import PING_AFTER_IDLE_SECONDS, WalCheckpointer, make_engine
@@ -47,6 +47,28 @@ def test_insert_and_read_round_trip(db: Engine) -> None:
     assert rows == [tuple(r) for r in through_sqlalchemy]
     assert rows[0][0] == row("c-2")["attributes"]
     assert rows[0][1] == WHEN
+
+
+def test_read_all_answers_each_query_as_a_read_of_its_own(db: Engine) -> None:
+    """Several reads in one round trip (a pipeline on PostgreSQL) give each its own rows, and a
+    failing one raises SQLAlchemy's error and leaves the pooled connection usable."""
+    add = prepared.Prepared.compile(insert(CUSTOMERS), db, COLUMNS)
+    with prepared.cursor(db, write=True) as cursor:
+        cursor.executemany(add.sql, [add.parameters(row(f"c-{i}")) for i in range(3)])
+    by_id = prepared.Prepared.compile(
+        select(CUSTOMERS.c.id, CUSTOMERS.c.created_at).where(
+            CUSTOMERS.c.id == bindparam("customer_id")
+        ),
+        db,
+    )
+    ids = ["c-2", "c-9", "c-0"]
+    queries = [(by_id, by_id.parameters({"customer_id": i})) for i in ids]
+    assert prepared.read_all(db, queries) == [[("c-2", WHEN)], [], [("c-0", WHEN)]]
+    assert prepared.read_all(db, queries[:1]) == [[("c-2", WHEN)]]
+    broken = prepared.Prepared.compile(text("SELECT no_such_column FROM customers"), db)
+    with pytest.raises(DBAPIError):
+        prepared.read_all(db, [queries[0], (broken, broken.parameters({}))])
+    assert prepared.read_all(db, queries) == [[("c-2", WHEN)], [], [("c-0", WHEN)]]
 
 
 def test_a_failed_transaction_rolls_back_and_raises_sqlalchemy_errors(db: Engine) -> None:
