@@ -635,15 +635,31 @@ def _additive_prior(
 
     weight v: scalar or shape (K,); the additive strength is at least ROOT_STRENGTH (a prediction
     is never worth less than the flat prior)."""
-    v = np.asarray(weight, dtype=float)
-    log_mean = (1.0 - v[..., None]) * np.log(means) + v[..., None] * np.log(
-        np.clip(prediction, 1e-12, None)
+    mixed, inverse = _log_mixture(
+        means,
+        strength,
+        np.clip(prediction, 1e-12, None),
+        np.maximum(predicted_strength, ROOT_STRENGTH),
+        weight,
     )
+    return mixed, 1.0 / inverse - 1.0
+
+
+def _log_mixture(
+    first: np.ndarray,
+    first_strength: np.ndarray,
+    second: np.ndarray,
+    second_strength: np.ndarray,
+    v: float | np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The geometric mixture first^(1 - v) * second^v of two Dirichlet means (shape (..., L)),
+    normalised, and 1 / (A + 1) of its strength A: (1 - v)^2 / (A_1 + 1) + v^2 / (A_2 + 1), the
+    two estimates' variances added. v: scalar or broadcasting against the strengths."""
+    w = np.asarray(v, dtype=float)
+    log_mean = (1.0 - w[..., None]) * np.log(first) + w[..., None] * np.log(second)
     mixed = np.exp(log_mean - log_mean.max(axis=-1, keepdims=True))
-    inverse = (1.0 - v) ** 2 / (strength + 1.0) + v**2 / (
-        np.maximum(predicted_strength, ROOT_STRENGTH) + 1.0
-    )
-    return mixed / mixed.sum(axis=-1, keepdims=True), 1.0 / inverse - 1.0
+    inverse = (1.0 - w) ** 2 / (first_strength + 1.0) + w**2 / (second_strength + 1.0)
+    return mixed / mixed.sum(axis=-1, keepdims=True), inverse
 
 
 def _profile_score(counts: np.ndarray, means: np.ndarray, strength: np.ndarray) -> np.ndarray:
@@ -750,12 +766,10 @@ def _fatigue_prior(
     the control's own (for all cells; ``keep`` selects the ones given in means and strength).
     """
     control_means, control_strength, is_control = (r[keep] for r in reference)
-    log_mean = w * np.log(means) + (1.0 - w) * np.log(control_means)
-    mixed = np.exp(log_mean - log_mean.max(axis=-1, keepdims=True))
-    inverse = w**2 / (strength + 1.0) + (1.0 - w) ** 2 / (control_strength + 1.0)
+    mixed, inverse = _log_mixture(control_means, control_strength, means, strength, w)
     # The control's own repeats mix it with itself: its strength is unchanged.
     inverse = np.where(is_control, 1.0 / (strength + 1.0), inverse)
-    return mixed / mixed.sum(axis=-1, keepdims=True), 1.0 / inverse - 1.0
+    return mixed, 1.0 / inverse - 1.0
 
 
 def evidence_order(
