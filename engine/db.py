@@ -59,6 +59,9 @@ def make_engine(url: str, *, pool_size: int | None = None) -> Engine:
     return engine
 
 
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+"""How long a SQLite connection waits for another one's write lock before failing as busy."""
+
 PING_AFTER_IDLE_SECONDS = 1.0
 """A pooled PostgreSQL connection idle for longer is pinged before use (a stale one is replaced)."""
 
@@ -88,7 +91,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute(
         "PRAGMA cache_size=-65536"

@@ -7,8 +7,10 @@ that finds it taken sleeps a millisecond or more). Here one writer thread per wo
 ``submit`` queues: it takes everything queued, writes it in one transaction, and resolves each
 decision's waiter once that transaction has committed; decisions queued meanwhile go into the
 next one. (A thread calling ``log`` while nothing is being written or queued writes its decision
-itself.) A caller answers only after its decision committed (``log`` returns then; the API awaits
-it on the event loop, engine.decisions.decide_async), so nothing is answered before it is stored.
+itself; on SQLite, the decisions an event loop makes in one pass are written on the loop, unless
+that would wait: ``log_async``.) A caller answers only after its decision committed (``log``
+returns then; the API awaits it on the event loop, engine.decisions.decide_async), so nothing is
+answered before it is stored.
 A batch that fails on a row (an integrity error) is retried one decision per transaction, so that
 a bad row fails its own request only; one that fails because the database is busy or unreachable
 fails as a whole.
@@ -79,6 +81,9 @@ class DecisionLog:
         )
         self._wake = threading.Condition()
         self._queue: list[_Entry] = []
+        self._sqlite = engine.dialect.name == "sqlite"
+        self._pending: dict[asyncio.AbstractEventLoop, list[_Entry]] = {}
+        """SQLite: the decisions each loop made in its current pass, written after it (_flush)."""
         self._writer: threading.Thread | None = None
         self._idle = False
         """The writer waits for work: only then does a new entry need to wake it."""
@@ -92,7 +97,7 @@ class DecisionLog:
         """Queue ``write``; the future resolves once it is committed (or with what storing it
         raised)."""
         future: Future[None] = Future()
-        self._enqueue(_Entry(write, future=future))
+        self._enqueue([_Entry(write, future=future)])
         return future
 
     def log(self, write: DecisionWrite) -> None:
@@ -110,28 +115,73 @@ class DecisionLog:
         try:
             (error,) = self._write([write])
         finally:
-            with self._wake:
-                self._busy = False
-                if self._queue and self._idle:
-                    self._wake.notify()
+            self._done_inline()
         if error is not None:
             raise error
 
-    async def log_async(self, write: DecisionWrite) -> None:
-        """``log`` for a coroutine: the event loop goes on while the write waits for its commit;
-        the writer resolves a whole batch's waiters of a loop with one call into it."""
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
-        self._enqueue(_Entry(write, waiter=waiter, loop=loop))
-        await waiter
+    def _done_inline(self) -> None:
+        """A write outside the writer thread has ended: wake the writer if work queued meanwhile."""
+        with self._wake:
+            self._busy = False
+            if self._queue and self._idle:
+                self._wake.notify()
 
-    def _enqueue(self, entry: _Entry) -> None:
-        """Starts the writer thread when none runs (first use, after ``close``, or in a forked
-        child, which does not inherit its parent's thread)."""
+    async def log_async(self, write: DecisionWrite) -> None:
+        """``log`` for a coroutine: the event loop goes on while the write waits for its commit.
+
+        On PostgreSQL the writer thread writes it (a commit is a network round trip, which the
+        loop should spend on other requests), and resolves a whole batch's waiters of a loop with
+        one call into it. On SQLite, where a commit is a local write of a fraction of a
+        millisecond, handing each decision to a thread costs more than writing it (the two
+        threads pass the interpreter lock back and forth at every call into SQLite): the
+        decisions a loop makes in one pass are written together on the loop, right after that
+        pass (``_flush``), unless another connection holds the write lock, in which case they go
+        to the writer thread, which waits for it."""
+        loop = asyncio.get_running_loop()
+        entry = _Entry(write, waiter=loop.create_future(), loop=loop)
+        if self._sqlite:
+            pending = self._pending.setdefault(loop, [])
+            pending.append(entry)
+            if len(pending) == 1:
+                loop.call_soon(self._flush, loop)
+        else:
+            self._enqueue([entry])
+        assert entry.waiter is not None
+        await entry.waiter
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Write the decisions ``loop`` queued in its last pass in one transaction, on the loop,
+        if this needs no waiting: no write of this worker under way or queued (they go first, so
+        that a customer's newer attributes are written last), and the write lock free. Otherwise,
+        or if the transaction fails (a bad row, which the writer isolates), the writer thread
+        writes them."""
+        batch = self._pending.pop(loop, [])
+        with self._wake:
+            inline = not self._busy and not self._queue and self._pid == os.getpid()
+            self._busy = self._busy or inline
+        if not inline:
+            self._enqueue(batch)
+            return
+        try:
+            self._insert([entry.write for entry in batch], wait=False)
+        except Exception:
+            committed = False
+        else:
+            committed = True
+        finally:
+            self._done_inline()
+        if committed:
+            _wake_waiters([(entry.waiter, None) for entry in batch if entry.waiter is not None])
+        else:
+            self._enqueue(batch)
+
+    def _enqueue(self, entries: Sequence[_Entry]) -> None:
+        """Queue ``entries`` for the writer thread; starts it when none runs (first use, after
+        ``close``, or in a forked child, which does not inherit its parent's thread)."""
         with self._wake:
             if self._pid != os.getpid():
                 self._pid, self._writer, self._queue = os.getpid(), None, []
-            self._queue.append(entry)
+            self._queue.extend(entries)
             if self._writer is None:
                 self._writer = threading.Thread(
                     target=self._run, name="nextbest-decision-log", daemon=True
@@ -193,11 +243,12 @@ class DecisionLog:
             return errors
         return [None] * len(writes)
 
-    def _insert(self, writes: Sequence[DecisionWrite]) -> None:
+    def _insert(self, writes: Sequence[DecisionWrite], *, wait: bool = True) -> None:
+        """One transaction; wait=False: raise prepared.LockTaken rather than wait for the lock."""
         # A later decision in the batch carries the newer attributes; ids in order so that
         # concurrent transactions lock customer rows in the same order.
         customers = {w.customer["id"]: w.customer for w in writes if w.customer is not None}
-        with prepared.cursor(self.engine, write=True) as cursor:
+        with prepared.cursor(self.engine, write=True, wait=wait) as cursor:
             if customers:
                 cursor.executemany(
                     self._upsert.sql,

@@ -12,6 +12,7 @@ API's error mapping see the usual exceptions.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ClauseElement, Select
 from sqlalchemy.sql.compiler import SQLCompiler
+
+from engine.db import SQLITE_BUSY_TIMEOUT_MS
 
 Processor = Callable[[Any], Any]
 
@@ -114,7 +117,7 @@ _COMPILED: dict[tuple[int, str], Prepared] = {}
 
 
 @contextmanager
-def cursor(engine: Engine, *, write: bool) -> Iterator[Any]:
+def cursor(engine: Engine, *, write: bool, wait: bool = True) -> Iterator[Any]:
     """A DBAPI cursor on a connection from ``engine``'s pool.
 
     write=False: every statement on its own, seeing the latest committed data (SQLite: no BEGIN,
@@ -122,6 +125,8 @@ def cursor(engine: Engine, *, write: bool) -> Iterator[Any]:
     transaction (SQLite: BEGIN IMMEDIATE; PostgreSQL: in pipeline mode, so results are not
     available before the block ends), committed when the block ends, rolled back on error.
     A connection that failed with a disconnect is invalidated instead of going back to the pool.
+    wait=False (SQLite writes): raise LockTaken at once, having done nothing, when another
+    connection holds the database's write lock, instead of waiting for it.
     """
     sqlite = engine.dialect.name == "sqlite"
     connection = engine.raw_connection()
@@ -136,7 +141,7 @@ def cursor(engine: Engine, *, write: bool) -> Iterator[Any]:
                 stack.enter_context(driver.pipeline())
             current = connection.cursor()
             if write and sqlite:
-                current.execute("BEGIN IMMEDIATE")
+                _begin_immediate(current, wait=wait)
             yield current
             if write:
                 if sqlite:
@@ -192,6 +197,29 @@ def read_all(engine: Engine, queries: Sequence[Query]) -> list[list[tuple[Any, .
                 extra.close()
 
 
+class LockTaken(Exception):
+    """``cursor(write=True, wait=False)`` found SQLite's write lock taken by another connection."""
+
+
+_SQLITE_BUSY = 5
+
+
+def _begin_immediate(current: Any, *, wait: bool) -> None:
+    """BEGIN IMMEDIATE (take the write lock now); without waiting for it when ``wait`` is False."""
+    if wait:
+        current.execute("BEGIN IMMEDIATE")
+        return
+    current.execute("PRAGMA busy_timeout=0")
+    try:
+        current.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as error:
+        if error.sqlite_errorcode == _SQLITE_BUSY:
+            raise LockTaken(str(error)) from None
+        raise
+    finally:
+        current.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+
+
 def _rollback(connection: Any, *, sqlite: bool, write: bool) -> None:
     if not write or not connection.is_valid:
         return
@@ -206,4 +234,4 @@ def _rollback(connection: Any, *, sqlite: bool, write: bool) -> None:
         connection.invalidate()
 
 
-__all__ = ["Prepared", "Query", "cursor", "read_all"]
+__all__ = ["LockTaken", "Prepared", "Query", "cursor", "read_all"]

@@ -4,6 +4,7 @@ shared transactions, a bad one failing alone."""
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 import uuid
@@ -168,12 +169,12 @@ def test_coroutines_await_their_commit_and_share_transactions(
 ) -> None:
     insert, held = log._insert, threading.Event()
 
-    def first_waits_for_the_others(batch: Any) -> None:
+    def first_waits_for_the_others(batch: Any, **how: Any) -> None:
         if not held.is_set():  # the writer may have taken a few at once: wait for the rest
             held.set()
             while len(batch) + len(log._queue) < 20:
                 time.sleep(0.001)
-        insert(batch)
+        insert(batch, **how)
 
     log._insert = first_waits_for_the_others  # type: ignore[method-assign]
     writes = [DecisionWrite(decision()) for _ in range(20)]
@@ -199,4 +200,61 @@ def test_a_coroutines_bad_decision_fails_alone(log: DecisionLog, runtime: Runtim
     assert isinstance(results[5], IntegrityError)
     assert [r for i, r in enumerate(results) if i != 5] == [None] * 7
     assert count(runtime, Decision) == 7
+    log.close()
+
+
+sqlite_only = pytest.mark.skipif(
+    bool(os.environ.get("NEXTBEST_TEST_DATABASE_URL")), reason="the loop writes only on SQLite"
+)
+
+
+@sqlite_only
+def test_on_sqlite_a_loops_decisions_are_written_together_on_the_loop(
+    log: DecisionLog, runtime: Runtime
+) -> None:
+    writes = [DecisionWrite(decision()) for _ in range(20)]
+
+    async def all_at_once() -> list[Any]:
+        return await asyncio.gather(*(log.log_async(w) for w in writes), return_exceptions=True)
+
+    assert asyncio.run(all_at_once()) == [None] * 20
+    assert count(runtime, Decision) == 20
+    assert (log.transactions, log.decisions) == (1, 20)
+    assert log._writer is None  # no thread was needed
+
+
+@sqlite_only
+def test_on_sqlite_the_loop_never_waits_for_another_connections_write_lock(
+    log: DecisionLog, runtime: Runtime
+) -> None:
+    """While another connection holds the write lock, the loop hands its decisions to the writer
+    thread at once and goes on; they are answered once that thread could commit them."""
+    holder = runtime.engine.raw_connection()
+    holder.driver_connection.execute("BEGIN IMMEDIATE")
+    writes = [DecisionWrite(decision()) for _ in range(5)]
+    ticks, longest_pause = 0, 0.0
+
+    async def decisions_and_a_ticker() -> list[Any]:
+        async def ticker() -> None:
+            nonlocal ticks, longest_pause
+            while ticks < 20:
+                before = time.monotonic()
+                await asyncio.sleep(0.005)
+                longest_pause = max(longest_pause, time.monotonic() - before)
+                ticks += 1
+            holder.driver_connection.execute("ROLLBACK")
+
+        results = asyncio.gather(*(log.log_async(w) for w in writes), return_exceptions=True)
+        await ticker()
+        return await results
+
+    try:
+        assert asyncio.run(decisions_and_a_ticker()) == [None] * 5
+    finally:
+        holder.close()
+    # The loop ran on while the lock was taken (waiting for it would block for the busy timeout,
+    # 30 s, and the lock is released only by the ticker).
+    assert ticks == 20 and longest_pause < 5
+    assert count(runtime, Decision) == 5
+    assert log._writer is not None  # the writer thread waited for the lock
     log.close()
