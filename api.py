@@ -49,7 +49,7 @@ from engine.db import migrate, read_connection
 from engine.errors import NextbestError, TooLarge
 from engine.models import utcnow
 from engine.ratelimit import RateLimiter, retry_after_header
-from engine.runtime import Runtime
+from engine.runtime import WORKER_YOUNG_COLLECTION, Runtime, few_collections
 from engine.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
@@ -403,7 +403,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         metrics.worker_started()
         upkeep = asyncio.create_task(_maintenance(runtime))
         try:
-            yield
+            with few_collections(young=WORKER_YOUNG_COLLECTION):
+                yield
         finally:
             upkeep.cancel()
             with suppress(asyncio.CancelledError):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import gc
 import hashlib
 import marshal
 import math
@@ -23,7 +22,6 @@ import os
 import re
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from operator import itemgetter
@@ -39,6 +37,7 @@ from engine.customers import clean_attributes
 from engine.db import dialect_insert, keyset_pages
 from engine.errors import InvalidInput
 from engine.models import Customer, ImportRun, Outcome, utcnow
+from engine.runtime import few_collections
 from engine.triples import (
     FUTURE_TOLERANCE,
     parse_event,
@@ -333,7 +332,10 @@ def import_csv(
     progress: Callable[[str, int], Progress] | None = None,
 ) -> ImportSummary:
     """Import ``path`` (see the module docstring); ``progress(phase, bytes)`` makes a callback."""
-    with _few_collections():
+    # An import allocates millions of short-lived tuples and dicts, none in reference cycles,
+    # while the parser's and the catalog's memos keep hundreds of thousands of objects alive:
+    # every default collection would walk those again (a fifth of a 100k-row import's CPU).
+    with few_collections(young=50_000, oldest=100):
         return _import_csv(
             engine=engine,
             path=path,
@@ -342,23 +344,6 @@ def import_csv(
             skip_bad=skip_bad,
             progress=progress,
         )
-
-
-@contextmanager
-def _few_collections() -> Iterator[None]:
-    """Run the cyclic garbage collector rarely while importing.
-
-    An import allocates millions of short-lived tuples and dicts, none of them in reference cycles
-    (reference counting frees them), while the parser's and the catalog's memos keep hundreds of
-    thousands of objects alive: every default collection walks those memos again (a fifth of the
-    CPU time of a 100k-row import). The default thresholds come back afterwards.
-    """
-    thresholds = gc.get_threshold()
-    gc.set_threshold(max(thresholds[0], 50_000), thresholds[1], max(thresholds[2], 100))
-    try:
-        yield
-    finally:
-        gc.set_threshold(*thresholds)
 
 
 def _import_csv(

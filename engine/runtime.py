@@ -22,12 +22,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import gc
 import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable, Hashable, Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -56,6 +57,32 @@ _FINGERPRINT = sa_select(func.count(), func.coalesce(func.sum(CellStat.weight), 
 )
 CellKey = tuple[NodeKey | None, str, int]
 """(node of the segment tree, or None for the experience's pooled root; experience; bucket)."""
+
+WORKER_YOUNG_COLLECTION = 20_000
+"""A serving worker runs the cyclic garbage collector's youngest generation every this many
+allocations (Python's default: 700). Under load, each young collection finds the objects of the
+requests in flight alive and promotes them; they die soon after, but they have made the old
+generation grow, and every full collection walks the whole heap (the statistics snapshot
+included: about 0.1 s each). At the default, one worker under 32 concurrent decisions spent 1.9 s
+of 25 in the collector (14 full collections); at 20,000, 0.15 s (none), with p99 latency 100 ms
+instead of 160 ms. A decision creates no reference cycles: reference counting frees its objects."""
+
+
+@contextmanager
+def few_collections(*, young: int, oldest: int | None = None) -> Iterator[None]:
+    """Run the cyclic garbage collector less often while the block runs (its youngest generation
+    every ``young`` allocations at least; the oldest after ``oldest`` younger collections), for
+    work that allocates many short-lived objects while a large heap stays alive. The thresholds
+    come back afterwards."""
+    thresholds = gc.get_threshold()
+    gc.set_threshold(
+        max(thresholds[0], young), thresholds[1], max(thresholds[2], oldest or thresholds[2])
+    )
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+
 
 REFRESH_DUE = 0.75
 """Share of ``stats_refresh_seconds`` after which one thread refreshes in the background of the

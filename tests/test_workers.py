@@ -5,6 +5,7 @@ when its worker is killed (kill -9) under load."""
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import os
 import signal
 import socket
@@ -24,7 +25,7 @@ from sqlalchemy import Engine, bindparam, select
 from api import create_app
 from engine.config import Settings
 from engine.models import Decision
-from engine.runtime import Runtime
+from engine.runtime import WORKER_YOUNG_COLLECTION, Runtime
 from tests.conftest import repo_root
 from tests.engine.test_metrics import value
 
@@ -277,3 +278,15 @@ def test_reads_answer_while_another_process_holds_the_sqlite_write_lock(
     finally:
         holder.execute("ROLLBACK")
         holder.close()
+
+
+def test_a_serving_worker_collects_garbage_rarely_and_restores_the_thresholds(
+    runtime: Runtime,
+) -> None:
+    """While the application runs, young collections are rare (engine.runtime's
+    WORKER_YOUNG_COLLECTION); the process's own thresholds come back when it stops."""
+    before = gc.get_threshold()
+    with TestClient(create_app(runtime=runtime)) as client:
+        assert client.get("/livez").status_code == 200
+        assert gc.get_threshold() == (max(before[0], WORKER_YOUNG_COLLECTION), *before[1:])
+    assert gc.get_threshold() == before
