@@ -46,7 +46,9 @@ def make_engine(url: str, *, pool_size: int | None = None) -> Engine:
             else fixed or {"pool_size": 20, "max_overflow": 20}
         )
         engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 30}, **pool
+            url,
+            connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            **pool,
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         # pysqlite's own transaction handling defers BEGIN; we issue BEGIN IMMEDIATE ourselves so

@@ -138,7 +138,8 @@ class DecisionLog:
         pass (``_flush``), unless another connection holds the write lock, in which case they go
         to the writer thread, which waits for it."""
         loop = asyncio.get_running_loop()
-        entry = _Entry(write, waiter=loop.create_future(), loop=loop)
+        waiter: asyncio.Future[None] = loop.create_future()
+        entry = _Entry(write, waiter=waiter, loop=loop)
         if self._sqlite:
             pending = self._pending.setdefault(loop, [])
             pending.append(entry)
@@ -146,8 +147,7 @@ class DecisionLog:
                 loop.call_soon(self._flush, loop)
         else:
             self._enqueue([entry])
-        assert entry.waiter is not None
-        await entry.waiter
+        await waiter
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         """Write the decisions ``loop`` queued in its last pass in one transaction, on the loop,
